@@ -1,0 +1,1 @@
+"""Geometry shared by every stage: SE(3), camera models, boxes."""

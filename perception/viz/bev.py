@@ -1,0 +1,56 @@
+"""Bird's-eye-view rendering of a point cloud with 3D boxes (x forward = up in the picture)."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from perception.structures import Boxes3D
+from perception.viz.colors import class_color, colormap
+
+
+def render_bev(
+    points: np.ndarray,
+    boxes: Boxes3D | None = None,
+    xy_range: tuple[float, float, float, float] = (-40.0, -40.0, 80.0, 40.0),
+    resolution: float = 0.1,
+    z_range: tuple[float, float] = (-2.5, 1.5),
+    scores: np.ndarray | None = None,
+) -> np.ndarray:
+    """``points [N, >=3]`` (ego frame) and ``boxes`` → ``[H, W, 3]`` uint8.
+
+    ``xy_range`` is ``(x_min, y_min, x_max, y_max)`` in metres; the image has +x up and +y left,
+    like looking down on the car from above with the car facing up. Points are coloured by height.
+    """
+    x0, y0, x1, y1 = xy_range
+    w, h = int(round((y1 - y0) / resolution)), int(round((x1 - x0) / resolution))
+    img = np.full((h, w, 3), 16, dtype=np.uint8)
+    p = np.asarray(points, dtype=np.float64)[:, :3]
+    p = p[np.isfinite(p).all(axis=1)]
+    col = ((y1 - p[:, 1]) / resolution).astype(np.int64)
+    row = ((x1 - p[:, 0]) / resolution).astype(np.int64)
+    keep = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    order = np.argsort(p[keep, 2])  # draw high points last
+    img[row[keep][order], col[keep][order]] = colormap(p[keep, 2][order], *z_range)
+
+    pil = Image.fromarray(img)
+    draw = ImageDraw.Draw(pil)
+    # range rings every 10 m around the ego
+    for r in range(10, int(max(abs(x0), abs(x1), abs(y0), abs(y1))) + 1, 10):
+        cx, cy = (y1 - 0) / resolution, (x1 - 0) / resolution
+        draw.ellipse([cx - r / resolution, cy - r / resolution, cx + r / resolution, cy + r / resolution], outline=(48, 48, 48))
+    if boxes is not None and len(boxes):
+        corners = boxes.corners()[:, :4, :2]  # bottom face [N, 4, 2]
+        names = boxes.names
+        for i, c in enumerate(corners):
+            pix = [((y1 - y) / resolution, (x1 - x) / resolution) for x, y in c]
+            color = class_color(names[i])
+            draw.polygon(pix, outline=color, width=2)
+            front = ((pix[1][0] + pix[2][0]) / 2, (pix[1][1] + pix[2][1]) / 2)  # corners 1-2: the front face
+            centre = tuple(np.mean(pix, axis=0))
+            draw.line([centre, front], fill=color, width=2)
+            if scores is not None:
+                draw.text((pix[0][0] + 2, pix[0][1] + 2), f"{scores[i]:.2f}", fill=color)
+    # the ego car
+    ex, ey = (y1 - 0) / resolution, (x1 - 0) / resolution
+    draw.polygon([(ex, ey - 25), (ex - 9, ey + 10), (ex + 9, ey + 10)], fill=(255, 255, 255))
+    return np.asarray(pil)
