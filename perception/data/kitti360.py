@@ -10,7 +10,10 @@ Layout (the parts read here)::
     ROOT/calibration/calib_cam_to_pose.txt    image_0x: 3x4, camera → vehicle pose (GPS/IMU) frame
     ROOT/calibration/image_02|03.yaml         MEI fisheye intrinsics
 
-The ego frame is KITTI-360's vehicle "pose" frame. ``image_00`` is rectified, so its model is the
+The ego frame is KITTI-360's vehicle "pose" (GPS/IMU) frame turned to the x-forward, y-left, z-up
+convention every reader here uses (the pose frame itself is x-forward, y-right, z-down, as
+``calib_cam_to_pose.txt`` shows: camera 00's optical axis maps to +x, its "right" to +y, its "down"
+to +z), i.e. rotated 180° about x. ``image_00`` is rectified, so its model is the
 distortion-free pinhole of ``P_rect_00`` and it sits at ``cam_to_pose[00] · R_rect_00⁻¹``.
 The fisheye rig is always in the calibration; a fisheye whose image folder is absent is listed in
 ``Frame.missing`` (documented fallback, nothing dropped silently). Without ``timestamps.txt`` the
@@ -32,6 +35,7 @@ LIDAR = "velodyne"
 PERSPECTIVE = "image_00"
 FISHEYES = ("image_02", "image_03")
 FIELDS = ("x", "y", "z", "intensity")
+FLU_FROM_POSE = np.diag([1.0, -1.0, -1.0, 1.0])  # KITTI-360 pose frame (x fwd, y right, z down) → x fwd, y left, z up
 
 
 def _rigid(path: Path, line: int, text: str, name: str) -> np.ndarray:
@@ -70,12 +74,12 @@ def read_calibration(calib_dir: str | Path) -> Calibration:
     velo_from_cam00 = _rigid(velo_path, 1, lines[0], "cam_to_velo")
 
     ego = {
-        LIDAR: SE3(poses[PERSPECTIVE] @ se3.inverse(velo_from_cam00)),
-        PERSPECTIVE: SE3(poses[PERSPECTIVE] @ se3.inverse(r_rect)),
+        LIDAR: SE3(FLU_FROM_POSE @ poses[PERSPECTIVE] @ se3.inverse(velo_from_cam00)),
+        PERSPECTIVE: SE3(FLU_FROM_POSE @ poses[PERSPECTIVE] @ se3.inverse(r_rect)),
     }
     cameras = {PERSPECTIVE: PinholeCamera.from_matrix(p_rect[:, :3], int(w), int(h))}
     for cam in FISHEYES:
-        ego[cam] = SE3(poses[cam])
+        ego[cam] = SE3(FLU_FROM_POSE @ poses[cam])
         cameras[cam] = MEICamera.from_kitti360_yaml(d / f"{cam}.yaml")
     return Calibration(ego_from_sensor=ego, cameras=cameras)
 
