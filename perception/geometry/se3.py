@@ -117,7 +117,10 @@ class SE3:
 
     @classmethod
     def from_quaternion(cls, quat_wxyz: np.ndarray, translation: np.ndarray) -> "SE3":
-        """From a scalar-first unit quaternion ``[w, x, y, z]`` (nuScenes, WoodScape) and a translation."""
+        """From a scalar-first unit quaternion ``[w, x, y, z]`` (nuScenes, pyquaternion) and a translation.
+
+        WoodScape stores its quaternions scalar-last: see :func:`perception.geometry.cameras.woodscape_extrinsic`.
+        """
         w, x, y, z = np.asarray(quat_wxyz, dtype=np.float64)
         return cls.from_rt(Rotation.from_quat([x, y, z, w]).as_matrix(), translation)
 
