@@ -28,17 +28,18 @@ def render_sample(sample: Sample, out: Path, cameras: list[str] | None = None) -
     """Write the BEV and camera PNGs of one sample into ``out``; returns the paths written."""
     f, t = sample.frame, sample.targets
     boxes = t.boxes if t is not None else None
+    names = [str(n) for n in t.attributes["name"]] if t is not None and "name" in t.attributes else None
     written = []
     # BEV in the ego frame: every LiDAR moved into ego
     lidar_name, cloud = next(iter(f.lidar.items()))
     ego_pts = f.calib.transform("ego", lidar_name).apply(cloud.xyz.astype("float64"))
     path = out / f"{f.token}_bev.png"
-    Image.fromarray(render_bev(ego_pts, boxes)).save(path)
+    Image.fromarray(render_bev(ego_pts, boxes, names=names)).save(path)
     written.append(path)
     for cam, img in f.cameras.items():
         if cameras and cam not in cameras:
             continue
-        pic = render_camera(img.image, f.calib, cam, ego_pts, "ego", boxes)
+        pic = render_camera(img.image, f.calib, cam, ego_pts, "ego", boxes, names=names)
         path = out / f"{f.token}_{cam}.png"
         Image.fromarray(pic).save(path)
         written.append(path)

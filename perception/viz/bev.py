@@ -15,11 +15,13 @@ def render_bev(
     resolution: float = 0.1,
     z_range: tuple[float, float] = (-2.5, 1.5),
     scores: np.ndarray | None = None,
+    names: list[str] | None = None,
 ) -> np.ndarray:
     """``points [N, >=3]`` (ego frame) and ``boxes`` → ``[H, W, 3]`` uint8.
 
     ``xy_range`` is ``(x_min, y_min, x_max, y_max)`` in metres; the image has +x up and +y left,
-    like looking down on the car from above with the car facing up. Points are coloured by height.
+    like looking down on the car from above with the car facing up. Points are coloured by height,
+    boxes by ``names`` (one per box; default: the boxes' class names).
     """
     x0, y0, x1, y1 = xy_range
     w, h = int(round((y1 - y0) / resolution)), int(round((x1 - x0) / resolution))
@@ -40,7 +42,7 @@ def render_bev(
         draw.ellipse([cx - r / resolution, cy - r / resolution, cx + r / resolution, cy + r / resolution], outline=(48, 48, 48))
     if boxes is not None and len(boxes):
         corners = boxes.corners()[:, :4, :2]  # bottom face [N, 4, 2]
-        names = boxes.names
+        names = names if names is not None else boxes.names
         for i, c in enumerate(corners):
             pix = [((y1 - y) / resolution, (x1 - x) / resolution) for x, y in c]
             color = class_color(names[i])

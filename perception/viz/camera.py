@@ -22,23 +22,32 @@ def render_camera(
     points_frame: str = "ego",
     boxes: Boxes3D | None = None,
     max_depth: float = 60.0,
+    names: list[str] | None = None,
 ) -> np.ndarray:
-    """``image [H, W, 3]`` uint8 with ``points [N, >=3]`` (in ``points_frame``) and ``boxes`` drawn on it."""
-    pil = Image.fromarray(np.ascontiguousarray(image))
-    draw = ImageDraw.Draw(pil)
+    """``image [H, W, 3]`` uint8 with ``points [N, >=3]`` (in ``points_frame``) and ``boxes`` drawn on it.
+
+    ``names`` (one per box) pick the box colours; default: the boxes' class names.
+    """
+    canvas = np.array(image, dtype=np.uint8, copy=True)
     if points is not None and len(points):
         p = np.asarray(points, dtype=np.float64)[:, :3]
         p = p[np.isfinite(p).all(axis=1)]
         uv, depth, valid = calib.project(p, camera, source=points_frame)
         valid &= depth > 0.5
         order = np.argsort(-depth[valid])  # far first, near on top
+        px = np.round(uv[valid][order]).astype(np.int64)
         colors = colormap(depth[valid][order], 0.0, max_depth)
-        for (u, v), c in zip(uv[valid][order], colors):
-            draw.rectangle([u - 1, v - 1, u + 1, v + 1], fill=tuple(int(x) for x in c))
+        h, w = canvas.shape[:2]
+        for du, dv in ((0, 0), (1, 0), (0, 1), (1, 1)):  # 2x2 dots
+            u, v = px[:, 0] + du, px[:, 1] + dv
+            ok = (u >= 0) & (u < w) & (v >= 0) & (v < h)
+            canvas[v[ok], u[ok]] = colors[ok]
+    pil = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(pil)
     if boxes is not None and len(boxes):
         corners = boxes.corners()  # [N, 8, 3]
         t = np.linspace(0.0, 1.0, EDGE_SAMPLES)[:, None]
-        names = boxes.names
+        names = names if names is not None else boxes.names
         for i, c in enumerate(corners):
             color = class_color(names[i])
             for a, b in BOX_EDGES:

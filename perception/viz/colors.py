@@ -8,6 +8,7 @@ CLASS_COLORS = {
     "Pedestrian": (0, 200, 255), "pedestrian": (0, 200, 255),
     "Cyclist": (220, 20, 220), "bicycle": (220, 20, 220), "motorcycle": (220, 20, 220),
     "truck": (255, 99, 71), "bus": (255, 69, 0), "trailer": (255, 140, 0),
+    "Truck": (255, 99, 71), "Van": (255, 200, 80), "Tram": (180, 120, 60), "Person_sitting": (0, 150, 200),
     "construction_vehicle": (233, 150, 70), "barrier": (112, 128, 144), "traffic_cone": (47, 79, 79),
 }
 DEFAULT_COLOR = (200, 200, 200)
