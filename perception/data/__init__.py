@@ -22,14 +22,31 @@ def open_reader(source: str, root: str | Path, **kwargs) -> Reader:
 
         return Kitti360Reader(root, **kwargs)
     if source in ("nuscenes", "waymo", "kitti-info"):
-        from perception.data.mmdet3d_infos import open_info_reader
+        from perception.data.mmdet3d_infos import Mmdet3dInfoReader
 
-        return open_info_reader(source, root, **kwargs)
+        return Mmdet3dInfoReader(_find_info_pkl(root), root, "kitti" if source == "kitti-info" else source, **kwargs)
     if source == "navsim":
         from perception.data.navsim import NavsimReader
 
-        return NavsimReader.from_root(root, **kwargs)
+        logs = sorted(p for p in (root / "navsim_logs").glob("*") if p.is_dir())
+        if not logs:
+            raise DataError(root / "navsim_logs", "no NAVSIM split folder (navsim_logs/<split>/*.pkl)")
+        split = kwargs.pop("split", logs[0].name)
+        return NavsimReader(root / "navsim_logs" / split, root / "sensor_blobs" / split, **kwargs)
     raise ValueError(f"unknown source {source!r}; choose from {SOURCES}")
 
 
 __all__ = ["DataError", "Reader", "SOURCES", "open_reader"]
+
+
+def _find_info_pkl(root: Path) -> Path:
+    """``root`` itself when it is a pkl; else the folder's training info pkl (``*infos_train.pkl``), or its only pkl."""
+    if root.is_file():
+        return root
+    pkls = sorted(p for p in root.glob("*.pkl") if "dbinfos" not in p.name)
+    train = [p for p in pkls if p.name.endswith("infos_train.pkl")]
+    if train:
+        return train[0]
+    if len(pkls) == 1:
+        return pkls[0]
+    raise DataError(root, f"cannot tell which info pkl to read among {[p.name for p in pkls] or 'none'}; pass the pkl as --root")

@@ -53,7 +53,7 @@ def render_camera(
             for a, b in BOX_EDGES:
                 seg = c[a] * (1 - t) + c[b] * t  # [S, 3]
                 uv, depth, valid = calib.project(seg, camera, source=boxes.frame_id)
-                valid &= depth > 0.1
+                valid &= depth > 0.5  # segments grazing the camera plane project to infinity
                 for k in range(EDGE_SAMPLES - 1):
                     if valid[k] and valid[k + 1]:
                         draw.line([tuple(uv[k]), tuple(uv[k + 1])], fill=color, width=2)
