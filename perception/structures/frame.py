@@ -70,6 +70,9 @@ class Targets:
     ``boxes`` live in the ego frame. ``boxes_2d [N, 4]`` (x1, y1, x2, y2 in ``boxes_2d_camera``) and
     ``attributes`` (per-box arrays such as KITTI's truncation/occlusion/difficulty) are optional.
     ``ignore_regions_2d [M, 4]`` are image regions the labels mark as "don't care" (KITTI's DontCare).
+    ``semantic`` holds per-camera class maps ``[H, W]`` uint8, ``bev_semantic [nx, ny]`` uint8 the
+    BEV class map on the grid named in ``meta["bev_grid"]``, and ``agent_futures [N, T, 3]`` each
+    box's future ``(x, y, heading)`` in the current ego frame at ``ego_future``'s timestamps.
     """
 
     boxes: Boxes3D
@@ -80,6 +83,10 @@ class Targets:
     ego_future: Trajectory | None = None
     driving_command: int | None = None
     ignore_regions_2d: np.ndarray | None = None  # [M, 4]
+    semantic: Mapping[str, np.ndarray] = field(default_factory=dict)  # camera → [H, W] uint8
+    bev_semantic: np.ndarray | None = None  # [nx, ny] uint8
+    agent_futures: np.ndarray | None = None  # [N, T, 3]
+    meta: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
@@ -91,8 +98,15 @@ class Targets:
         for k, v in self.attributes.items():
             if len(v) != n:
                 raise ValueError(f"Targets.attributes[{k!r}]: {len(v)} values for {n} boxes")
+        if self.agent_futures is not None:
+            af = np.asarray(self.agent_futures, dtype=np.float64)
+            if af.ndim != 3 or af.shape[0] != n or af.shape[2] != 3:
+                raise ValueError(f"Targets.agent_futures: expected [{n}, T, 3], got shape {af.shape}")
+            object.__setattr__(self, "agent_futures", af)
         object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
         object.__setattr__(self, "depth", MappingProxyType(dict(self.depth)))
+        object.__setattr__(self, "semantic", MappingProxyType(dict(self.semantic)))
+        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
 
 
 @dataclass(frozen=True)
