@@ -1,0 +1,52 @@
+"""Ego-motion compensation of spinning-LiDAR sweeps.
+
+A spinning LiDAR measures each point in the sensor frame *at that point's own time*; while the
+car moves, a sweep of a straight wall comes out bent. Compensation moves every point through the
+sensor's pose at its capture time into one common frame.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from perception.geometry import se3
+
+
+def interpolate_poses(times: np.ndarray, poses: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Poses ``[K, 4, 4]`` keyed at increasing ``times [K]`` → ``[N, 4, 4]`` at ``query [N]``.
+
+    Rotation by slerp, translation linearly; queries outside ``[times[0], times[-1]]`` raise
+    ``ValueError`` (extrapolating a pose silently is how sweeps get smeared).
+    """
+    times = np.asarray(times, dtype=np.float64)
+    query = np.asarray(query, dtype=np.float64)
+    if poses.shape != (len(times), 4, 4):
+        raise ValueError(f"interpolate_poses: poses must be [{len(times)}, 4, 4], got {poses.shape}")
+    if len(times) < 2 or (np.diff(times) <= 0).any():
+        raise ValueError(f"interpolate_poses: need >= 2 strictly increasing pose times, got {times}")
+    if len(query) and (query.min() < times[0] - 1e-9 or query.max() > times[-1] + 1e-9):
+        raise ValueError(f"interpolate_poses: query times [{query.min():.6f}, {query.max():.6f}] outside the "
+                         f"pose times [{times[0]:.6f}, {times[-1]:.6f}]")
+    out = np.empty((len(query), 4, 4))
+    out[:] = np.eye(4)
+    out[:, :3, :3] = se3.slerp_rotations(times, poses[:, :3, :3], np.clip(query, times[0], times[-1]))
+    for a in range(3):
+        out[:, a, 3] = np.interp(query, times, poses[:, a, 3])
+    return out
+
+
+def motion_compensate(points: np.ndarray, point_times: np.ndarray, pose_times: np.ndarray,
+                      world_from_sensor: np.ndarray, target_from_world: np.ndarray) -> np.ndarray:
+    """Move ``points [N, 3]`` (sensor frame, each at ``point_times [N]``) into one frame.
+
+    ``world_from_sensor [K, 4, 4]`` are the sensor's poses at ``pose_times [K]`` (bracketing the
+    sweep); ``target_from_world [4, 4]`` is the frame to express the points in (typically the
+    sensor or ego frame at the sweep's reference time). Returns ``[N, 3]`` float64.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3 or len(point_times) != len(points):
+        raise ValueError(f"motion_compensate: points [N, 3] with N point times, got {points.shape} and {len(point_times)}")
+    # firings share times: interpolate once per distinct time
+    uniq, inverse = np.unique(np.asarray(point_times, dtype=np.float64), return_inverse=True)
+    poses = target_from_world @ interpolate_poses(pose_times, world_from_sensor, uniq)  # [U, 4, 4]
+    r, t = poses[inverse, :3, :3], poses[inverse, :3, 3]
+    return np.einsum("nij,nj->ni", r, points) + t
