@@ -15,14 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numba
 import numpy as np
 
-from perception.geometry import se3
 from perception.sim import world as W
 from perception.sim.raycast import GROUND, NOTHING, cast_rays, face_normals
 from perception.sim.sensors import BeamPattern, SimCamera
 
 SUN = np.array([0.35, 0.25, 0.9]) / np.linalg.norm([0.35, 0.25, 0.9])
+assert W.SKY == 12 and W.BUILDING == 9  # the shading kernel hard-codes these ids
 
 GROUND_COLORS = np.zeros((W.SKY + 1, 3), np.float32)
 GROUND_COLORS[W.TERRAIN] = (0.30, 0.42, 0.20)
@@ -127,10 +128,11 @@ def lidar_sweep(world: W.World, world_from_ego, t_end: float, pattern: BeamPatte
 # --- cameras ---------------------------------------------------------------------------------------
 @lru_cache(maxsize=32)
 def camera_rays(model) -> tuple[np.ndarray, np.ndarray]:
-    """Unit rays ``[H*W, 3]`` (camera frame) through every pixel centre, and ``valid [H*W]``."""
+    """Unit rays ``[M, 3]`` (camera frame) through the model's valid pixel centres, and their flat indices ``[M]``."""
     uv = model.pixel_grid().reshape(-1, 2)
     rays, valid = model.unproject(uv)
-    return np.ascontiguousarray(rays), valid
+    idx = np.flatnonzero(valid)
+    return np.ascontiguousarray(rays[idx]), idx
 
 
 @dataclass(frozen=True)
@@ -141,55 +143,93 @@ class CameraRender:
     instance: np.ndarray  # [H, W] int32 labelled-object row (-1: none)
 
 
+@numba.njit(cache=True)
+def _hash_cell(ix, iy, salt):
+    h = (np.int64(ix) * 73856093) ^ (np.int64(iy) * 19349663) ^ (salt * 83492791)
+    h = (h ^ (h >> 13)) * 1274126177
+    return np.float32((h ^ (h >> 16)) & 0xFFFF) / np.float32(65536.0)
+
+
+@numba.njit(cache=True, parallel=True)
+def _shade(origin, dirs, rays_z, t, prim, face, prims, prim_cls, prim_obj, prim_color, ground, g_origin, g_res,
+           ground_colors, sun, range_depth, rgb, depth, sem, inst):
+    """Per pixel: class, colour (textures, Lambert, fog, sky), depth and instance from its ray hit."""
+    n = dirs.shape[0]
+    gh, gw = ground.shape
+    for i in numba.prange(n):
+        dx, dy, dz = dirs[i, 0], dirs[i, 1], dirs[i, 2]
+        p = prim[i]
+        if p == -1:  # sky
+            up = min(max(dz, 0.0), 1.0)
+            rgb[i, 0] = np.uint8(255 * ((1 - up) * 0.78 + up * 0.35))
+            rgb[i, 1] = np.uint8(255 * ((1 - up) * 0.84 + up * 0.55))
+            rgb[i, 2] = np.uint8(255 * ((1 - up) * 0.92 + up * 0.85))
+            depth[i] = 0.0
+            sem[i] = 12
+            inst[i] = -1
+            continue
+        d = t[i]
+        x, y, z = origin[0] + d * dx, origin[1] + d * dy, origin[2] + d * dz
+        nx, ny, nz = 0.0, 0.0, 1.0
+        if p == -2:  # ground: class from the map, asphalt grain
+            j = int(np.floor((x - g_origin[0]) / g_res + 0.5))
+            k = int(np.floor((y - g_origin[1]) / g_res + 0.5))
+            c = 0
+            if 0 <= k < gh and 0 <= j < gw:
+                c = ground[k, j]
+            grain = 0.85 + 0.3 * _hash_cell(np.floor(x / 0.08), np.floor(y / 0.08), 0)
+            grain *= 0.95 + 0.1 * _hash_cell(np.floor(x / 1.5), np.floor(y / 1.5), 1)
+            r, g, b = ground_colors[c, 0] * grain, ground_colors[c, 1] * grain, ground_colors[c, 2] * grain
+            inst[i] = -1
+        else:
+            c = prim_cls[p]
+            r, g, b = prim_color[p, 0], prim_color[p, 1], prim_color[p, 2]
+            if c == 9:  # building façade windows
+                along = x + y
+                zz = z % 3.2
+                if along % 3.0 > 1.0 and zz > 1.1 and zz < 2.6 and z > 1.0:
+                    r, g, b = 0.18, 0.24, 0.32
+            axis = face[i] // 2
+            sgn = 1.0 if face[i] % 2 == 1 else -1.0
+            cy, sy = np.cos(prims[p, 6]), np.sin(prims[p, 6])
+            if axis == 0:
+                nx, ny, nz = sgn * cy, sgn * sy, 0.0
+            elif axis == 1:
+                nx, ny, nz = -sgn * sy, sgn * cy, 0.0
+            else:
+                nx, ny, nz = 0.0, 0.0, sgn
+            inst[i] = prim_obj[p]
+        light = 0.45 + 0.55 * min(max(nx * sun[0] + ny * sun[1] + nz * sun[2], 0.0), 1.0)
+        fog = np.exp(-d / 400.0)
+        rgb[i, 0] = np.uint8(min(max(255 * (r * light * fog + (1 - fog) * 0.7), 0.0), 255.0))
+        rgb[i, 1] = np.uint8(min(max(255 * (g * light * fog + (1 - fog) * 0.75), 0.0), 255.0))
+        rgb[i, 2] = np.uint8(min(max(255 * (b * light * fog + (1 - fog) * 0.8), 0.0), 255.0))
+        depth[i] = d if range_depth else d * rays_z[i]
+        sem[i] = c
+
+
 def render_camera(world: W.World, scene: Scene, cam: SimCamera, world_from_ego: np.ndarray, max_range: float = 150.0) -> CameraRender:
     """Render ``cam`` with the ego at ``world_from_ego [4, 4]`` in ``scene``."""
     h, w = cam.model.height, cam.model.width
-    rays, valid = camera_rays(cam.model)
+    rays, idx = camera_rays(cam.model)
     world_from_cam = world_from_ego @ cam.ego_from_camera.matrix
-    idx = np.flatnonzero(valid)
-    d_w = rays[idx] @ world_from_cam[:3, :3].T
-    origin = world_from_cam[:3, 3]
+    d_w = rays @ world_from_cam[:3, :3].T
+    origin = np.ascontiguousarray(world_from_cam[:3, 3])
     hits = cast_rays(origin[None], d_w, scene.prims, max_range)
-    t = hits.t
-    hit = hits.prim != NOTHING
-    p_w = origin + np.where(hit, t, 0.0)[:, None] * d_w
-    cls = classify_hits(world, scene, p_w, hits.prim)
-
-    # colour: ground map palette with grain, objects' own colours, façade windows, sky gradient
-    color = np.zeros((len(idx), 3), np.float32)
-    g = hits.prim == GROUND
-    grain = 0.85 + 0.3 * _hash01(np.floor(p_w[g, 0] / 0.08), np.floor(p_w[g, 1] / 0.08))
-    patch = 0.95 + 0.1 * _hash01(np.floor(p_w[g, 0] / 1.5), np.floor(p_w[g, 1] / 1.5), 1)
-    color[g] = GROUND_COLORS[cls[g]] * (grain * patch)[:, None]
-    b = hits.prim >= 0
-    pb = hits.prim[b]
-    color[b] = scene.color[pb]
-    bld = np.zeros(len(idx), bool)
-    bld[b] = scene.cls[pb] == W.BUILDING
-    if bld.any():
-        along = p_w[bld, 0] + p_w[bld, 1]  # façade coordinate (good enough for a window grid)
-        zz = p_w[bld, 2]
-        win = ((np.mod(along, 3.0) > 1.0) & (np.mod(zz, 3.2) > 1.1) & (np.mod(zz, 3.2) < 2.6) & (zz > 1.0))
-        color[np.flatnonzero(bld)[win]] = (0.18, 0.24, 0.32)
-    normal = face_normals(scene.prims, hits.prim, hits.face)
-    light = 0.45 + 0.55 * np.clip(normal @ SUN, 0.0, 1.0)
-    fog = np.exp(-np.where(hit, t, 0.0) / 400.0)[:, None]
-    color = color * light[:, None] * fog + (1 - fog) * np.array([0.7, 0.75, 0.8], np.float32)
-    sky = ~hit
-    if sky.any():
-        up = np.clip(d_w[sky, 2], 0, 1)[:, None]
-        color[sky] = (1 - up) * np.array([0.78, 0.84, 0.92]) + up * np.array([0.35, 0.55, 0.85])
-    cls[sky] = W.SKY
-
+    m = len(idx)
+    rgb = np.empty((m, 3), np.uint8)
+    depth_v = np.empty(m, np.float32)
+    sem_v = np.empty(m, np.uint8)
+    inst_v = np.empty(m, np.int32)
+    _shade(origin, d_w, np.ascontiguousarray(rays[:, 2]), hits.t, hits.prim, hits.face, np.asarray(scene.prims, np.float64),
+           scene.cls, scene.obj, scene.color, world.ground.classes, np.asarray(world.ground.origin, np.float64),
+           float(world.ground.res), GROUND_COLORS, SUN, bool(cam.range_depth), rgb, depth_v, sem_v, inst_v)
     image = np.zeros((h * w, 3), np.uint8)
-    image[idx] = np.clip(color * 255.0, 0, 255).astype(np.uint8)
+    image[idx] = rgb
     depth = np.zeros(h * w, np.float32)
-    dist = np.where(hit, t, 0.0)
-    depth[idx] = dist if cam.range_depth else dist * rays[idx, 2]
+    depth[idx] = depth_v
     semantic = np.full(h * w, W.SKY, np.uint8)
-    semantic[idx] = cls
+    semantic[idx] = sem_v
     instance = np.full(h * w, -1, np.int32)
-    inst = np.full(len(idx), -1, np.int32)
-    inst[b] = scene.obj[pb]
-    instance[idx] = inst
+    instance[idx] = inst_v
     return CameraRender(image.reshape(h, w, 3), depth.reshape(h, w), semantic.reshape(h, w), instance.reshape(h, w))
