@@ -13,14 +13,15 @@ def render_bev(
     boxes: Boxes3D | None = None,
     xy_range: tuple[float, float, float, float] = (-40.0, -40.0, 80.0, 40.0),
     resolution: float = 0.1,
-    z_range: tuple[float, float] = (-2.5, 1.5),
+    z_range: tuple[float, float] | None = None,
     scores: np.ndarray | None = None,
     names: list[str] | None = None,
 ) -> np.ndarray:
     """``points [N, >=3]`` (ego frame) and ``boxes`` → ``[H, W, 3]`` uint8.
 
     ``xy_range`` is ``(x_min, y_min, x_max, y_max)`` in metres; the image has +x up and +y left,
-    like looking down on the car from above with the car facing up. Points are coloured by height,
+    like looking down on the car from above with the car facing up. Points are coloured by height
+    over ``z_range`` (default: 4 m up from the ground, taken as the 2nd percentile of z),
     boxes by ``names`` (one per box; default: the boxes' class names).
     """
     x0, y0, x1, y1 = xy_range
@@ -31,6 +32,9 @@ def render_bev(
     col = ((y1 - p[:, 1]) / resolution).astype(np.int64)
     row = ((x1 - p[:, 0]) / resolution).astype(np.int64)
     keep = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    if z_range is None:
+        ground = float(np.percentile(p[:, 2], 2)) if len(p) else 0.0
+        z_range = (ground, ground + 4.0)
     order = np.argsort(p[keep, 2])  # draw high points last
     img[row[keep][order], col[keep][order]] = colormap(p[keep, 2][order], *z_range)
 
