@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DATA ?= ../shared/data
 OUT ?= out
 
-.PHONY: install demo test test-all bench env clean
+.PHONY: install demo test cuda-check bench env clean
 
 install: $(STAMP)
 
@@ -34,8 +34,11 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 demo: install
 	$(PY) tools/demo.py --data $(DATA) --out $(OUT)/demo
 
-test: install
+test: install cuda-check
 	$(PY) -m pytest -q
+
+cuda-check:
+	@bash tools/check_cuda_sources.sh
 
 bench: install
 	$(PY) tools/benchmark.py all --json $(OUT)/benchmark.json
