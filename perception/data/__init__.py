@@ -5,7 +5,7 @@ from pathlib import Path
 
 from perception.data.common import DataError, Reader
 
-SOURCES = ("kitti", "kitti360", "nuscenes", "waymo", "kitti-info", "navsim")
+SOURCES = ("kitti", "kitti360", "nuscenes", "waymo", "kitti-info", "navsim", "sim")
 
 
 def open_reader(source: str, root: str | Path, **kwargs) -> Reader:
@@ -33,6 +33,10 @@ def open_reader(source: str, root: str | Path, **kwargs) -> Reader:
             raise DataError(root / "navsim_logs", "no NAVSIM split folder (navsim_logs/<split>/*.pkl)")
         split = kwargs.pop("split", logs[0].name)
         return NavsimReader(root / "navsim_logs" / split, root / "sensor_blobs" / split, **kwargs)
+    if source == "sim":
+        from perception.data.sim import SimReader
+
+        return SimReader(root, **kwargs)  # root: the dataset folder (dataset.json); split="train" by default
     raise ValueError(f"unknown source {source!r}; choose from {SOURCES}")
 
 
