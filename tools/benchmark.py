@@ -2,10 +2,14 @@
 """Benchmarks, written as JSON rows; every figure is measured beside a peer in the same run.
 
     python tools/benchmark.py sim --json out/bench_sim.json
+    python tools/benchmark.py ops --json out/bench_ops.json
 
 ``sim``: one synthetic frame (HDL-64 sweep + 3 pinhole 640x360 + 4 fisheye 640x640 with depth)
 on one core, against the 0.5 s budget; and the ray caster against a brute-force cast (no azimuth
 culling) and Open3D's Embree ``RaycastingScene`` on the same rays and boxes.
+
+``ops``: every custom op against its peer (spconv, mmcv, plain torch), 1 and 2 threads, on the
+real KITTI sweeps (see tools/bench/ops_*.py).
 
 Rows: ``bench``, ``impl``, ``peer``, ``params``, ``median_ms``, ``peer_median_ms``, ``speedup``
 (peer / ours), plus bench-specific fields. Medians over ``--repeats`` runs after a warm-up.
@@ -117,7 +121,22 @@ def _open3d_raycast_ms(prims, origin, dirs, repeats: int) -> float:
     return median_ms(lambda: scene.cast_rays(rays), repeats)
 
 
-BENCHES = {"sim": bench_sim}
+def bench_ops(repeats: int) -> list[dict]:
+    """Every op against its peer (tools/bench/ops_*.py), at 1 and 2 threads."""
+    import importlib
+
+    rows = []
+    for name in ("ops_voxel", "ops_bev", "ops_proposal"):
+        try:
+            module = importlib.import_module(f"tools.bench.{name}")
+        except ImportError as e:
+            print(f"benchmark {name} unavailable: {e}", file=sys.stderr)
+            continue
+        rows += [{"bench": "ops", **r} for r in module.rows(repeats=repeats, threads=(1, 2))]
+    return rows
+
+
+BENCHES = {"sim": bench_sim, "ops": bench_ops}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(doc, indent=2))
     for r in rows:
         peer = f" vs {r['peer']} {r['peer_median_ms']} ms (x{r['speedup']})" if r["peer_median_ms"] is not None else ""
-        print(f"{r['bench']:>10} {r['impl']}: {r['median_ms']} ms{peer}")
+        name = r.get("op", r["bench"]) + (f" [{r['threads']} thr]" if "threads" in r else "")
+        print(f"{name:>28} {r['impl']}: {r['median_ms']} ms{peer}")
     return 0
 
 
