@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tools.bench.common import median_ms  # noqa: E402
+
 
 def single_core() -> None:
     """Pin this process to one core and every thread pool to one thread."""
@@ -37,17 +39,6 @@ def single_core() -> None:
 
     numba.set_num_threads(1)
     torch.set_num_threads(1)
-
-
-def median_ms(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def row(bench, impl, peer, params, ours_ms, peer_ms, **extra) -> dict:
@@ -61,7 +52,7 @@ def row(bench, impl, peer, params, ours_ms, peer_ms, **extra) -> dict:
 def bench_sim(repeats: int) -> list[dict]:
     import numpy as np
 
-    from perception.sim.raycast import cast_rays, prim_table
+    from perception.sim.raycast import cast_rays
     from perception.sim.render import scene_at
     from perception.sim.scene import SimConfig, SimSequence
 

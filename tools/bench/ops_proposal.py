@@ -16,32 +16,19 @@ row when a GPU is present.
 """
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from tools.bench.common import median_ms
 
 VELODYNE = Path(__file__).resolve().parents[2].parent / "shared/data/kitti/training/velodyne"
 SWEEPS = [VELODYNE / f"{i:06d}.bin" for i in range(1, 5)]
 K, P, DT = 128, 128, 0.1
 
 
-def _median_ms(fn, repeats: int, warmup: int = 1, sync=None) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def _proposals(anchor: torch.Tensor, T: int, seed: int = 0) -> torch.Tensor:
@@ -106,8 +93,8 @@ def rows(repeats: int = 20, threads=(1, 2)) -> list[dict]:
                 ours = proposal_point_pool(frames, props, max_points=P, backend="cpu")
                 peer = proposal_point_pool_reference(frames, props, max_points=P)
                 match = bool(torch.equal(ours.indices, peer.indices) and torch.equal(ours.counts, peer.counts))
-                ms = _median_ms(lambda: proposal_point_pool(frames, props, max_points=P, backend="cpu"), repeats)
-                peer_ms = _median_ms(lambda: proposal_point_pool_reference(frames, props, max_points=P), repeats,
+                ms = median_ms(lambda: proposal_point_pool(frames, props, max_points=P, backend="cpu"), repeats)
+                peer_ms = median_ms(lambda: proposal_point_pool_reference(frames, props, max_points=P), repeats,
                                      warmup=0)
                 out.append({"op": "proposal_point_pool", "impl": "perception numba voxel hash (cpu)",
                             "peer": "brute-force torch reference (chunked)", "params": params,
@@ -128,8 +115,8 @@ def _cuda_row(frames, props, params, repeats, proposal_point_pool) -> dict:
     ours = proposal_point_pool(fc, pc, max_points=P, backend="cuda")
     peer = proposal_point_pool(fc, pc, max_points=P, backend="torch")
     match = bool(torch.equal(ours.indices, peer.indices) and torch.equal(ours.counts, peer.counts))
-    ms = _median_ms(lambda: proposal_point_pool(fc, pc, max_points=P, backend="cuda"), repeats, sync=sync)
-    peer_ms = _median_ms(lambda: proposal_point_pool(fc, pc, max_points=P, backend="torch"), repeats, sync=sync)
+    ms = median_ms(lambda: proposal_point_pool(fc, pc, max_points=P, backend="cuda"), repeats, sync=sync)
+    peer_ms = median_ms(lambda: proposal_point_pool(fc, pc, max_points=P, backend="torch"), repeats, sync=sync)
     return {"op": "proposal_point_pool", "impl": f"perception CUDA voxel hash ({torch.cuda.get_device_name()})",
             "peer": "brute-force torch reference (chunked), same GPU", "params": params,
             "median_ms": round(ms, 3), "peer_median_ms": round(peer_ms, 3), "speedup": round(peer_ms / ms, 3),
@@ -139,5 +126,4 @@ def _cuda_row(frames, props, params, repeats, proposal_point_pool) -> dict:
 if __name__ == "__main__":
     import json
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     print(json.dumps(rows(repeats=int(sys.argv[1]) if len(sys.argv) > 1 else 5), indent=1))

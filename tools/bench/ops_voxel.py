@@ -23,14 +23,14 @@ the sweeps or a peer are absent.
 """
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from tools.bench.common import median_ms, op_row
 
 VELODYNE = Path(__file__).resolve().parents[2].parent / "shared/data/kitti/training/velodyne"
 VOXEL_SIZE = [0.1, 0.1, 0.15]
@@ -39,23 +39,8 @@ P = 5
 C_FEAT = 64
 
 
-def _median_ms(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
-def _row(op, impl, peer, params, ours_ms, peer_ms, threads, **extra) -> dict:
-    r = {"op": op, "impl": impl, "peer": peer, "params": params, "median_ms": round(ours_ms, 3),
-         "peer_median_ms": None if peer_ms is None else round(peer_ms, 3),
-         "speedup": None if peer_ms is None else round(peer_ms / ours_ms, 3), "threads": threads}
-    r.update(extra)
-    return r
 
 
 def _frames() -> list[tuple[str, torch.Tensor]]:
@@ -133,34 +118,34 @@ def rows(repeats: int = 20, threads=(1, 2)) -> list[dict]:
                 numba.set_num_threads(min(t, numba.config.NUMBA_NUM_THREADS))
                 ours = voxelize(pts, VOXEL_SIZE, PCR, P, n)
                 hard = dict(base, max_points_per_voxel=P, max_voxels=n, voxels=len(ours))
-                ours_ms = _median_ms(lambda: voxelize(pts, VOXEL_SIZE, PCR, P, n), repeats)
+                ours_ms = median_ms(lambda: voxelize(pts, VOXEL_SIZE, PCR, P, n), repeats)
                 if PointToVoxel is not None:
                     gen = PointToVoxel(VOXEL_SIZE, PCR, pts.shape[1], n, P)
                     same = _same_voxels(ours, *gen(pts))
-                    peer_ms = _median_ms(lambda: gen(pts), repeats)
-                    out.append(_row("voxelize", "perception voxelize (numba, hash)", "spconv PointToVoxel (CPU)",
+                    peer_ms = median_ms(lambda: gen(pts), repeats)
+                    out.append(op_row("voxelize", "perception voxelize (numba, hash)", "spconv PointToVoxel (CPU)",
                                     hard, ours_ms, peer_ms, t, same_voxel_set=same))
                 if Voxelization is not None:
                     vox = Voxelization(VOXEL_SIZE, PCR, P, n)
                     same = _same_voxels(ours, *vox(pts))
-                    peer_ms = _median_ms(lambda: vox(pts), min(repeats, 3), warmup=0)
-                    out.append(_row("voxelize", "perception voxelize (numba, hash)", "mmcv Voxelization (hard, CPU)",
+                    peer_ms = median_ms(lambda: vox(pts), min(repeats, 3), warmup=0)
+                    out.append(op_row("voxelize", "perception voxelize (numba, hash)", "mmcv Voxelization (hard, CPU)",
                                     hard, ours_ms, peer_ms, t, same_voxel_set=same))
                     dyn = Voxelization(VOXEL_SIZE, PCR, -1, -1)
                     same = bool(torch.equal(coors, dyn(pts)))
-                    out.append(_row("dynamic_voxelize", "perception dynamic_voxelize (numba)",
+                    out.append(op_row("dynamic_voxelize", "perception dynamic_voxelize (numba)",
                                     "mmcv Voxelization (dynamic, CPU)", base,
-                                    _median_ms(lambda: dynamic_voxelize(pts, VOXEL_SIZE, PCR), repeats),
-                                    _median_ms(lambda: dyn(pts), repeats), t, same_result=same))
+                                    median_ms(lambda: dynamic_voxelize(pts, VOXEL_SIZE, PCR), repeats),
+                                    median_ms(lambda: dyn(pts), repeats), t, same_result=same))
                 ref = _torch_scatter_mean(feats, coors, "index_add")
                 res = dynamic_scatter(feats, coors, "mean")
                 same = bool(torch.equal(res[1], ref[1]) and torch.equal(res[2], ref[2])
                             and torch.allclose(res[0], ref[0], rtol=1e-5, atol=1e-6))
-                ours_ms = _median_ms(lambda: dynamic_scatter(feats, coors, "mean"), repeats)
-                peers = {how: _median_ms(lambda: _torch_scatter_mean(feats, coors, how), repeats)
+                ours_ms = median_ms(lambda: dynamic_scatter(feats, coors, "mean"), repeats)
+                peers = {how: median_ms(lambda: _torch_scatter_mean(feats, coors, how), repeats)
                          for how in ("index_add", "scatter_reduce", "index_reduce")}
                 best = min(peers, key=peers.get)
-                out.append(_row("dynamic_scatter", "perception dynamic_scatter mean (numba, radix sort)",
+                out.append(op_row("dynamic_scatter", "perception dynamic_scatter mean (numba, radix sort)",
                                 f"torch unique + {best}", dict(base, reduce="mean", channels=C_FEAT,
                                                                voxels=int(res[0].shape[0])),
                                 ours_ms, peers[best], t, same_result=same,
@@ -174,5 +159,4 @@ def rows(repeats: int = 20, threads=(1, 2)) -> list[dict]:
 if __name__ == "__main__":
     import json
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     print(json.dumps(rows(repeats=int(sys.argv[1]) if len(sys.argv) > 1 else 20), indent=1))
