@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	  MMCV_WITH_OPS=1 MAX_JOBS=$$(nproc) $(PIP) install --no-build-isolation mmcv==2.1.0; }
 	@echo "== perception and its dependencies"
 	@$(PIP) install -q -e ".[dev]"
-	@$(PY) -c "import mmcv.ops, mmdet3d, spconv, open3d, ray" || { echo "install check failed"; exit 1; }
+	@$(PY) -c "import mmcv.ops, mmdet3d, spconv, open3d, ray.train.torch, safetensors" || { echo "install check failed"; exit 1; }
 	@touch $@
 	@echo "== installed"
 
