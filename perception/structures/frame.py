@@ -62,6 +62,24 @@ class Frame:
             raise ValueError(f"Frame.points ({self.token}): {len(self.lidar)} LiDARs {tuple(self.lidar)}; index frame.lidar")
         return next(iter(self.lidar.values()))
 
+    def points_in_ego(self) -> np.ndarray:
+        """``[N, C]`` float32: every LiDAR's points with x, y, z moved into the ego frame (other fields kept).
+
+        LiDARs are concatenated in ``self.lidar`` order; all must share one field layout.
+        """
+        clouds = list(self.lidar.values())
+        if not clouds:
+            raise ValueError(f"Frame.points_in_ego ({self.token}): no LiDAR in this frame (missing: {self.missing})")
+        if any(c.fields != clouds[0].fields for c in clouds):
+            raise ValueError(f"Frame.points_in_ego ({self.token}): LiDARs disagree on fields "
+                             f"{[c.fields for c in clouds]}")
+        out = []
+        for c in clouds:
+            p = np.array(c.points, dtype=np.float32)
+            p[:, :3] = self.calib.transform("ego", c.frame_id).apply(p[:, :3].astype(np.float64))
+            out.append(p)
+        return np.concatenate(out)
+
 
 @dataclass(frozen=True)
 class Targets:

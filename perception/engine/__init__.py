@@ -1,0 +1,1 @@
+"""Training and evaluation engine on mmengine: runner, checkpoints, hooks, launchers."""
