@@ -73,14 +73,14 @@ def configure_device(cfg, launcher: str, amp: bool = False) -> None:
     cfg.launcher = launcher
     if launcher != "none" and not torch.cuda.is_available():
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
-    if amp:
-        from mmengine.optim import AmpOptimWrapper
+    if amp:  # a LazyObject, as the config's own imports are, so the config still dumps as text
+        from mmengine.config.lazy import LazyObject
 
-        from perception.engine.runner import CpuBf16OptimWrapper
-
-        cfg.optim_wrapper.type = AmpOptimWrapper if torch.cuda.is_available() else CpuBf16OptimWrapper
         if torch.cuda.is_available():
+            cfg.optim_wrapper.type = LazyObject("mmengine.optim", "AmpOptimWrapper")
             cfg.optim_wrapper.loss_scale = "dynamic"
+        else:
+            cfg.optim_wrapper.type = LazyObject("perception.engine.runner", "CpuBf16OptimWrapper")
 
 
 def init_torch_distributed(launcher: str) -> None:

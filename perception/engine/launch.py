@@ -65,4 +65,13 @@ def train_on_ray(options: dict[str, Any], num_workers: int = 2, use_gpu: bool | 
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    return dict(result.metrics)
+    if result.metrics:
+        return dict(result.metrics)
+    # Ray Train v2 keeps metrics only with a reported checkpoint: read the run's own last checkpoint
+    from perception.engine.checkpoint import load_checkpoint
+
+    last = work_dir / "last_checkpoint"
+    if not last.is_file():
+        raise RuntimeError(f"Ray training finished but wrote no checkpoint under {work_dir}")
+    meta = load_checkpoint(last.read_text().strip())["meta"]
+    return {"epoch": meta["epoch"], "iter": meta["iter"], "world_size": num_workers}
