@@ -47,12 +47,36 @@ class CpuBf16OptimWrapper(OptimWrapper):
             yield
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _to_cpu(state):
     return apply_to(state, lambda x: hasattr(x, "cpu"), lambda x: x.cpu())
 
 
 class AtomicCheckpointHook(CheckpointHook):
-    """``CheckpointHook`` that never leaves the work dir without a complete, loadable checkpoint."""
+    """``CheckpointHook`` that never leaves the work dir without a complete, loadable checkpoint.
+
+    Before training it removes the temporary files (``.<name>.tmp-<pid>``) of saves whose process
+    died mid-write, logging each one.
+    """
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if not is_main_process():
+            return
+        for tmp in sorted(Path(self.out_dir).glob(".*.tmp-*")):
+            pid = tmp.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                runner.logger.warning(f"removing {tmp.name}: an interrupted checkpoint save (process {pid} is gone)")
+                tmp.unlink(missing_ok=True)
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         to_prune = []

@@ -104,6 +104,7 @@ def test_crash_mid_save_leaves_resumable_checkpoint_and_resume_matches(tmp_path,
     assert list(wd.glob(".epoch_2.pth.tmp-*")), "the crash should have hit the temporary file"
     train(wd, 3, "--resume")
     assert (wd / "epoch_3.pth").is_file()
+    assert not list(wd.glob(".epoch_2.pth.tmp-*")), "the interrupted save's temporary file was not cleaned up"
     ref, got = losses(reference_run), losses(wd)
     assert sorted(ref) == list(range(1, 7)) and sorted(got) == list(range(1, 7))
     for step in range(3, 7):  # epochs 2 and 3, trained after the resume
