@@ -3,6 +3,7 @@
 
     python tools/benchmark.py sim --json out/bench_sim.json
     python tools/benchmark.py ops --json out/bench_ops.json
+    python tools/benchmark.py pipeline --json out/bench_pipeline.json
 
 ``sim``: one synthetic frame (HDL-64 sweep + 3 pinhole 640x360 + 4 fisheye 640x640 with depth)
 on one core, against the 0.5 s budget; and the ray caster against a brute-force cast (no azimuth
@@ -10,6 +11,9 @@ culling) and Open3D's Embree ``RaycastingScene`` on the same rays and boxes.
 
 ``ops``: every custom op against its peer (spconv, mmcv, plain torch), 1 and 2 threads, on the
 real KITTI sweeps (see tools/bench/ops_*.py).
+
+``pipeline``: the same 124k-point synthetic LiDAR stream (preprocessing + voxelization) on Ray
+actors and in process, interleaved in one run; frames/s and their ratio (tools/bench/pipeline.py).
 
 Rows: ``bench``, ``impl``, ``peer``, ``params``, ``median_ms``, ``peer_median_ms``, ``speedup``
 (peer / ours), plus bench-specific fields. Medians over ``--repeats`` runs after a warm-up.
@@ -127,7 +131,14 @@ def bench_ops(repeats: int) -> list[dict]:
     return rows
 
 
-BENCHES = {"sim": bench_sim, "ops": bench_ops}
+def bench_pipeline(repeats: int) -> list[dict]:
+    """The LiDAR stream on Ray actors against the same stages in process (tools/bench/pipeline.py)."""
+    from tools.bench.pipeline import ROUNDS, rows
+
+    return rows(min(repeats, ROUNDS))
+
+
+BENCHES = {"sim": bench_sim, "ops": bench_ops, "pipeline": bench_pipeline}
 
 
 def main(argv: list[str] | None = None) -> int:
