@@ -33,18 +33,25 @@ def test_browse_kitti_writes_bev_and_camera_pngs(data_root, tmp_path):
 @needs_data
 @pytest.mark.data
 def test_demo_summarises_every_present_source(data_root, tmp_path):
-    assert demo.main(["--data", str(data_root), "--out", str(tmp_path), "--frames", "1", "--sources", "kitti", "kitti360"]) == 0
+    assert demo.main(["--data", str(data_root), "--out", str(tmp_path), "--frames", "1", "--sim-frames", "3",
+                      "--workers", "0", "--browse", "kitti", "kitti360"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["sources"]["kitti"]["frames"] == 1 and summary["sources"]["kitti"]["boxes"] == 1
     assert summary["sources"]["kitti360"]["missing_sensors"] == {"image_02": 1, "image_03": 1}
 
 
-def test_demo_runs_the_synthetic_world_without_real_data(tmp_path):
+def test_demo_streams_the_synthetic_world_through_the_pipeline(tmp_path):
+    """The default demo path (Ray actors) on a short synthetic drive: every stage has latency, sinks wrote."""
     out = tmp_path / "o"
-    assert demo.main(["--data", str(tmp_path / "nowhere"), "--out", str(out), "--sim-frames", "2",
-                      "--sources", "sim", "kitti"]) == 0
+    assert demo.main(["--data", str(tmp_path / "nowhere"), "--out", str(out), "--sim-frames", "6",
+                      "--browse", "kitti"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    sim = summary["sources"]["sim"]
-    assert sim["frames"] == 2 and sim["cameras"] == 14 and sim["points"] > 200_000 and sim["boxes"] > 0
+    p = summary["pipeline"]
+    assert p["mode"] == "ray" and p["frames_in"] == p["frames_out"] == 6 and not p["errors"]
+    names = [s["name"] for s in p["stages"]]
+    assert names == ["source", "lidar_preprocess", "camera_preprocess", "model:bev_center_sim"]
+    assert all(s["calls"] == 6 and s["latency_ms_p50"] > 0 for s in p["stages"])
+    assert p["sync"]["frames"] and p["sinks"]["PredictionTable"]["frames"] == 6
+    assert p["sinks"]["McapSink"]["messages"]["/lidar"] == 6
+    assert (out / "pipeline" / "demo.mcap").is_file() and (out / "pipeline" / "png" / "sim00000_0000.png").is_file()
     assert "not present" in summary["sources"]["kitti"]["skipped"]
-    assert (out / "sim" / "sim00000_0000_FISHEYE_LEFT.png").exists()
