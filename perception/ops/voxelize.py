@@ -27,21 +27,28 @@ Backends: ``"torch"`` (:func:`voxelize_reference`, plain PyTorch), ``"cpu"`` (nu
 CPU), ``"cuda"`` (``ops/voxelize/``). The ops are not differentiable (voxelization runs on raw
 points); pool features with :func:`perception.ops.scatter.dynamic_scatter` when gradients are needed.
 
-CPU kernel (hard), numba: (1) a parallel pass computes each point's bit-packed cell key
-(``z << sz | y << sy | x``) and, with T > 1 threads, splits the valid points into T hash partitions
-of the key (branch-free stream compaction, input order kept); (2) each thread owns one partition and
-numbers its voxels in first-occurrence order in an open-addressing table sized 2x its point count
-(linear probing, Fibonacci hashing, probes software-prefetched 32 points ahead, and a one-entry "last
-key" cache that skips the probe for the runs of points LiDAR scan order puts into one voxel), noting
-each voxel's first P point indices; (3) with T > 1, a parallel prefix sum over the voxels' first
-points merges the partitions into the global first-occurrence numbering; (4) a parallel pass over
-the output voxels writes them once, in order. No grid-sized memory is touched; the scratch arrays are
-kept per thread between calls (``_workspace``, about ``(30 + 4 P) * N`` bytes plus ``13 * N * T`` with
-T > 1), so a call only allocates its outputs. Measured against spconv's dense-grid ``PointToVoxel`` in
-``tools/bench/ops_voxel.py``.
+CPU kernel (hard), numba. Up to ``_SERIAL_MAX`` points (a sweep of any current LiDAR) one thread
+runs it, whatever the thread count: (1+2) one pass computes each point's bit-packed cell key
+(``z << sz | y << sy | x``) 32 points ahead of numbering it in first-occurrence order in an
+open-addressing table sized 2x the point count (linear probing, Fibonacci hashing, the probe slot
+software-prefetched; a one-entry "last key" cache skips the probe for the runs of points LiDAR scan
+order puts into one voxel) and copies the point straight to its row of a ``[N * P, C]`` scratch
+(ranks past P go to a dump row, branch-free); (3) one streaming pass writes the ``M`` voxels out,
+zeroing unused rows with a bit mask. At 120k points this beats the partitioned kernel at 2 threads
+and never waits for a descheduled thread. Larger clouds with T > 1 threads take the partitioned
+kernel: (1) a parallel pass computes the keys and splits the valid points into T hash partitions of
+the key (branch-free stream compaction, input order kept); (2) each thread owns one partition and
+numbers its voxels as above, noting each voxel's first P point indices; (3) a parallel prefix sum
+over the voxels' first points merges the partitions into the global first-occurrence numbering;
+(4) a parallel pass over the output voxels writes them once, in order. No grid-sized memory is
+touched; the scratch arrays are kept per thread between calls (``_workspace``), so a call only
+allocates its outputs, sized by the actual voxel count. The eager CPU call skips the custom op's
+dispatch (``torch.compile`` still sees the op). Measured against spconv's dense-grid
+``PointToVoxel`` in ``tools/bench/ops_voxel.py``.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass
@@ -332,47 +339,112 @@ def _lookup(tab, mask, shift, k, nl, lkey, lcnt):
         s = (s + 1) & mask
 
 
+@numba.njit(cache=True, inline="always")
+def _uslot(key, shift):
+    return (np.uint64(key) * _M1) >> shift
+
+
+# The serial kernels index with uint64: numba then emits no negative-index wraparound test, which
+# otherwise costs these memory-bound loops up to 2x (computed indices defeat LLVM's range analysis).
 @numba.njit(cache=True)
-def _hard_serial(points, lo, vs, grid, keys, tab, bits, P, sel, lkey, lcnt, stats):
+def _hard_serial(points, lo, vs, grid, keys, tab, bits, P, rows, lkey, lcnt, stats):
     """Passes 1 + 2 fused for one thread: the cell key of point ``i + _PF`` is computed (and its table
-    slot prefetched) while point ``i`` is numbered, see :func:`_assign_part`. Returns the voxel count."""
+    slot prefetched) while point ``i`` is numbered in first-occurrence order (linear probing; a
+    one-entry "last key" cache skips the probe for the runs of points scan order puts in one voxel).
+    Point ``i`` is copied straight to ``rows[lv * P + c]`` (``c`` its rank in voxel ``lv``; ranks
+    >= P go to the dump row ``rows[-1]``, branch-free), so :func:`_hard_out` only streams. Returns
+    the voxel count."""
     nx, ny, nz = grid[0], grid[1], grid[2]
     sy, sz = grid[3], grid[4]
-    size = tab.shape[0]
-    mask = size - 1
-    shift = 64 - bits
+    U = np.uint64
+    size = U(tab.shape[0])
+    mask = size - U(1)
+    shift = U(64 - bits)
     for s in range(size):
         tab[s, 0] = -1
-    n = points.shape[0]
-    for i in range(min(_PF, n)):
+    n = U(points.shape[0])
+    C = points.shape[1]
+    PU = U(P)
+    dump = U(rows.shape[0] - 1)
+    pf = U(_PF)
+    for i in range(min(pf, n)):
         keys[i] = _cell_key(points, i, lo, vs, nx, ny, nz, sy, sz)
     nf = 0
     oor = 0
-    nl = 0
+    nl = U(0)
     last = np.int64(-3)
-    lv = np.int64(-1)
+    lv = U(0)
     for i in range(n):
-        if i + _PF < n:
-            kp = _cell_key(points, i + _PF, lo, vs, nx, ny, nz, sy, sz)
-            keys[i + _PF] = kp
+        if i + pf < n:
+            kp = _cell_key(points, i + pf, lo, vs, nx, ny, nz, sy, sz)
+            keys[i + pf] = kp
             if kp >= 0:
-                _prefetch(tab, _slot(kp, shift), 0)
+                _prefetch(tab, _uslot(kp, shift), 0)
         k = keys[i]
         if k < 0:
             nf += k == -1
             oor += k == -2
             continue
         if k != last:
-            lv, new = _lookup(tab, mask, shift, k, nl, lkey, lcnt)
-            nl += new
+            s = _uslot(k, shift)
+            while True:
+                tk = tab[s, 0]
+                if tk == k:
+                    lv = U(tab[s, 1])
+                    break
+                if tk == -1:
+                    tab[s, 0] = k
+                    tab[s, 1] = nl
+                    lkey[nl] = k
+                    lcnt[nl] = 0
+                    lv = nl
+                    nl += U(1)
+                    break
+                s = (s + U(1)) & mask
             last = k
-        c = lcnt[lv]
-        if c < P:
-            sel[lv, c] = i
-        lcnt[lv] = c + 1
+        c = U(lcnt[lv])
+        lcnt[lv] = c + U(1)
+        row = lv * PU + c if c < PU else dump
+        if C == 4:  # constant trip counts for the usual widths let LLVM emit one vector move
+            for q in range(4):
+                rows[row, q] = points[i, q]
+        elif C == 3:
+            for q in range(3):
+                rows[row, q] = points[i, q]
+        else:
+            for q in range(C):
+                rows[row, q] = points[i, q]
     stats[0] = nf
     stats[1] = oor
     return nl
+
+
+@numba.njit(cache=True)
+def _hard_out(rows, lkey, lcnt, grid, P, voxels, coords, num):
+    """Serial pass 3: the first ``M`` voxels of :func:`_hard_serial` into the outputs, in one stream.
+    ``rows`` / ``voxels`` are flat integer views of the float data (bitwise AND with a 0/-1 mask zeroes
+    the rows past ``num_points`` without branches, whatever garbage they hold). Returns the points kept."""
+    M = num.shape[0]
+    U = np.uint64
+    ST = U(voxels.shape[0] // max(M, 1))  # P * C
+    C = ST // U(P)
+    sy, sz = grid[3], grid[4]
+    mx = (np.int64(1) << sy) - 1
+    my = (np.int64(1) << (sz - sy)) - 1
+    kept = 0
+    for g in range(U(M)):
+        m = min(lcnt[g], P)
+        lim = U(m) * C
+        b = g * ST
+        for j in range(ST):
+            voxels[b + j] = rows[b + j] & -np.int64(j < lim)
+        key = lkey[g]
+        coords[g, 0] = key >> sz
+        coords[g, 1] = (key >> sy) & my
+        coords[g, 2] = key & mx
+        num[g] = m
+        kept += m
+    return kept
 
 
 @numba.njit(cache=True)
@@ -595,70 +667,80 @@ def _grid_array(grid) -> np.ndarray:
     return np.array([grid[0], grid[1], grid[2], bx, bx + by, bx + by + bz], np.int64)
 
 
+_SERIAL_MAX = 1 << 19  # up to this many points one thread beats the partitioned kernels (and never waits)
+
+
+@functools.lru_cache(maxsize=64)
+def _geometry_arrays(vs, lo, grid, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, vs) in the points' dtype and :func:`_grid_array`, cached: a call then costs no array setup."""
+    arrs = np.asarray(lo, dtype), np.asarray(vs, dtype), _grid_array(grid)
+    for a in arrs:
+        a.flags.writeable = False
+    return arrs
+
+
 def _voxelize_cpu(x: torch.Tensor, vs, lo, grid, P: int, max_voxels: int):
     """numba path; ``x`` contiguous float32/float64 on CPU."""
     n, C = x.shape
     ws = _workspace
     pts = x.numpy()
-    np_dt = pts.dtype
-    lo_a = np.asarray(lo, np_dt)
-    vs_a = np.asarray(vs, np_dt)
-    grid_a = _grid_array(grid)
+    lo_a, vs_a, grid_a = _geometry_arrays(tuple(vs), tuple(lo), tuple(grid), pts.dtype)
     T = _nthreads()
     tab_dt = np.int32 if grid_a[5] <= 30 else np.int64
     keys = ws.get("keys", (n,), np.int64)
-    stats = np.zeros((T, 2), np.int64)
-    nlocal = np.zeros(T, np.int64)
-    if T == 1:  # passes 1 + 2 fused; sized by the point count
-        bits = max(4, int(2 * n - 1).bit_length())
+    if T == 1 or n <= _SERIAL_MAX:  # passes 1 + 2 fused, points copied in place; pass 3 streams them out
+        stats = np.zeros(2, np.int64)
+        bits = max(4, int(2 * n - 1).bit_length())  # 2^bits >= 2n: load factor <= 1/2
         table = ws.get("table_" + np.dtype(tab_dt).name, (1 << bits, 2), tab_dt)
-        sel = ws.get("sel", (n, P), np.int32)
+        rows = ws.get("rows_" + pts.dtype.name, (n * P + 1, C), pts.dtype)
         lkey = ws.get("lkey", (n,), np.int64)
         lcnt = ws.get("lcnt", (n,), np.int32)
-        offs = np.zeros(2, np.int64)
-        if n:
-            nlocal[0] = _hard_serial(pts, lo_a, vs_a, grid_a, keys, table, bits, P, sel, lkey, lcnt, stats[0])
-        nvalid = n - int(stats.sum())
-    else:
-        csz = (n + T - 1) // T  # point chunk per thread (passes 1 and 2 agree on it)
-        part = ws.get("part", (n,), np.uint8)
-        pidx = ws.get("pidx", (T, n), np.int32)
-        pkey = ws.get("pkey", (T, n), np.int64)
-        flags = ws.get("flags", (n,), np.uint8)
-        hist = np.zeros((T, T), np.int64)
-        if n:
-            _hard_keys(pts, lo_a, vs_a, grid_a, keys, part, flags, pidx, pkey, hist, stats)
-        counts = hist.sum(0)  # in-range points per partition
-        offs = np.zeros(T + 1, np.int64)
-        np.cumsum(counts, out=offs[1:])
-        nvalid = int(offs[-1])
-        tbits = np.array([max(4, int(2 * c - 1).bit_length()) for c in counts], np.int64)  # 2^b >= 2 * count
-        toffs = np.zeros(T + 1, np.int64)
-        np.cumsum(1 << tbits, out=toffs[1:])
-        table = ws.get("table_" + np.dtype(tab_dt).name, (int(toffs[-1]), 2), tab_dt)
-        sel = ws.get("sel", (nvalid, P), np.int32)
-        lkey = ws.get("lkey", (nvalid,), np.int64)
-        lcnt = ws.get("lcnt", (nvalid,), np.int32)
-        if nvalid:
-            _hard_assign(pidx, pkey, hist, csz, offs, toffs, tbits, table, P, sel, lkey, lcnt, flags, nlocal)
+        total = int(_hard_serial(pts, lo_a, vs_a, grid_a, keys, table, bits, P, rows, lkey, lcnt, stats)) if n else 0
+        M = total if max_voxels < 0 else min(total, max_voxels)
+        voxels = torch.empty((M, P, C), dtype=x.dtype)
+        coords = torch.empty((M, 3), dtype=torch.int32)
+        num = torch.empty((M,), dtype=torch.int32)
+        kept = 0
+        if M:
+            iv = np.int32 if pts.dtype.itemsize == 4 else np.int64  # bit patterns, see _hard_out
+            kept = int(_hard_out(rows.reshape(-1).view(iv), lkey, lcnt, grid_a, P, voxels.numpy().reshape(-1).view(iv),
+                                 coords.numpy(), num.numpy()))
+        nvalid = n - int(stats[0]) - int(stats[1])
+        return voxels, coords, num, (int(stats[0]), int(stats[1]), nvalid - kept)
+    stats = np.zeros((T, 2), np.int64)
+    nlocal = np.zeros(T, np.int64)
+    csz = (n + T - 1) // T  # point chunk per thread (passes 1 and 2 agree on it)
+    part = ws.get("part", (n,), np.uint8)
+    pidx = ws.get("pidx", (T, n), np.int32)
+    pkey = ws.get("pkey", (T, n), np.int64)
+    flags = ws.get("flags", (n,), np.uint8)
+    hist = np.zeros((T, T), np.int64)
+    _hard_keys(pts, lo_a, vs_a, grid_a, keys, part, flags, pidx, pkey, hist, stats)
+    counts = hist.sum(0)  # in-range points per partition
+    offs = np.zeros(T + 1, np.int64)
+    np.cumsum(counts, out=offs[1:])
+    nvalid = int(offs[-1])
+    tbits = np.array([max(4, int(2 * c - 1).bit_length()) for c in counts], np.int64)  # 2^b >= 2 * count
+    toffs = np.zeros(T + 1, np.int64)
+    np.cumsum(1 << tbits, out=toffs[1:])
+    table = ws.get("table_" + np.dtype(tab_dt).name, (int(toffs[-1]), 2), tab_dt)
+    sel = ws.get("sel", (nvalid, P), np.int32)
+    lkey = ws.get("lkey", (nvalid,), np.int64)
+    lcnt = ws.get("lcnt", (nvalid,), np.int32)
+    if nvalid:
+        _hard_assign(pidx, pkey, hist, csz, offs, toffs, tbits, table, P, sel, lkey, lcnt, flags, nlocal)
     s = stats.sum(0)
-    use_ginv = T > 1
     ginv = ws.get("ginv", (nvalid,), np.int32)
-    if use_ginv and nvalid:
-        total = int(_hard_number(n, offs, nlocal, sel, flags, ws.get("gid_at", (n,), np.int32), ginv))
-    else:
-        total = int(nlocal.sum())
+    total = int(_hard_number(n, offs, nlocal, sel, flags, ws.get("gid_at", (n,), np.int32), ginv)) if nvalid else 0
     M = total if max_voxels < 0 else min(total, max_voxels)
     voxels = torch.empty((M, P, C), dtype=x.dtype)
     coords = torch.empty((M, 3), dtype=torch.int32)
     num = torch.empty((M,), dtype=torch.int32)
     kept = 0
     if M:
-        kept = int(_hard_fill(pts, ginv, use_ginv, sel, lkey, lcnt, grid_a, T, voxels.numpy(), coords.numpy(),
+        kept = int(_hard_fill(pts, ginv, True, sel, lkey, lcnt, grid_a, T, voxels.numpy(), coords.numpy(),
                               num.numpy()))
-    over = nvalid - kept
-    dropped = torch.tensor([int(s[0]), int(s[1]), over], dtype=torch.int64)
-    return voxels, coords, num, dropped
+    return voxels, coords, num, (int(s[0]), int(s[1]), nvalid - kept)
 
 
 def _dynamic_cpu(x: torch.Tensor, vs, lo, grid):
@@ -688,7 +770,8 @@ def _voxelize_op(points: torch.Tensor, voxel_size: Sequence[float], point_cloud_
         voxels, coords, num, dropped = load("voxelize").hard_voxelize(
             x, list(vs), list(lo), list(grid), int(max_points_per_voxel), int(max_voxels))
     else:
-        voxels, coords, num, dropped = _voxelize_cpu(x, vs, lo, grid, int(max_points_per_voxel), int(max_voxels))
+        voxels, coords, num, d = _voxelize_cpu(x, vs, lo, grid, int(max_points_per_voxel), int(max_voxels))
+        dropped = torch.tensor(d, dtype=torch.int64)
     return voxels.to(points.dtype), coords, num, dropped
 
 
@@ -746,6 +829,13 @@ def voxelize(points: torch.Tensor, voxel_size, point_cloud_range, max_points_per
     b = resolve(backend, points)
     if b == "torch":
         return voxelize_reference(points, voxel_size, point_cloud_range, max_points_per_voxel, max_voxels)
+    if b == "cpu" and type(points) is torch.Tensor and not torch.compiler.is_compiling():
+        # eager CPU call: the kernel directly (the custom op's dispatch costs ~0.1 ms, 10% of a sweep)
+        vs, lo, grid = grid_geometry(voxel_size, point_cloud_range)
+        x = _work_dtype(points)
+        voxels, coords, num, d = _voxelize_cpu(x, vs, lo, grid, max_points_per_voxel,
+                                               -1 if max_voxels is None else max_voxels)
+        return Voxels(voxels.to(points.dtype), coords, num, *d)
     voxels, coords, num, dropped = _voxelize_op(
         points.detach(), list(_floats("voxel_size", voxel_size, 3)),
         list(_floats("point_cloud_range", point_cloud_range, 6)), max_points_per_voxel,

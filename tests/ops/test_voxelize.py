@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import perception.ops.voxelize as voxelize_module
 from perception.ops.voxelize import (Voxels, _dynamic_voxelize_op, _voxelize_op, dynamic_voxelize,
                                      dynamic_voxelize_reference, grid_geometry, voxelize, voxelize_reference)
 
@@ -78,10 +79,13 @@ def _loop_voxelize(points: torch.Tensor, P: int, max_voxels: int | None):
 # ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    """Run under 1 and (where numba has them) 2 threads: the kernels take different paths."""
+def threads(request, monkeypatch):
+    """Run under 1 and (where numba has them) 2 threads: the kernels take different paths (with 2, the
+    partitioned hard kernel, which otherwise only runs past ``_SERIAL_MAX`` points)."""
     if request.param > numba.config.NUMBA_NUM_THREADS:
         pytest.skip(f"numba has {numba.config.NUMBA_NUM_THREADS} thread(s)")
+    if request.param > 1:
+        monkeypatch.setattr(voxelize_module, "_SERIAL_MAX", 0)
     before = numba.get_num_threads()
     numba.set_num_threads(request.param)
     yield request.param
@@ -179,7 +183,9 @@ def test_non_contiguous_and_half():
     _same(out, voxelize_reference(h, VS, PCR, 4))
 
 
-def test_independent_of_thread_count():
+@pytest.mark.parametrize("serial_max", [0, 1 << 19], ids=["partitioned", "serial"])
+def test_independent_of_thread_count(serial_max, monkeypatch):
+    monkeypatch.setattr(voxelize_module, "_SERIAL_MAX", serial_max)
     pts = _cloud(9, 5000)
     before = numba.get_num_threads()
     try:
