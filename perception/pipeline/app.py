@@ -1,7 +1,8 @@
 """The pipeline assembled: samples → synchronizer → LiDAR / camera preprocessing → models → sinks.
 
 ``run_pipeline`` is what ``tools/demo.py`` runs: the same stages in process (``workers=0``) or one
-Ray actor per stage (``workers>=1``, :mod:`perception.pipeline.ray_stream`). The synchronizer runs
+Ray actor per stage (``workers>=1``, :mod:`perception.pipeline.ray_stream`): one for the LiDAR
+rig and one per camera, side by side on each frame, then one per model. The synchronizer runs
 in the driver (it owns the sensor-message stream); ground truth, which must never reach a model,
 stays in the driver too and is joined back to each frame's prediction by token for the sinks.
 """
@@ -38,17 +39,23 @@ class PipelineConfig:
     png_every: int = 5
 
 
-def stage_factories(cfg: PipelineConfig, with_cameras: bool) -> tuple[list, list[str]]:
-    """Zero-argument factories (an actor builds its own stage) and their names, in chain order."""
+def stage_factories(cfg: PipelineConfig, cameras: tuple[str, ...]) -> tuple[list, list[str], list[list[int]]]:
+    """Zero-argument factories (an actor builds its own stage), their names, and the chain's groups.
+
+    The LiDAR stage (all of the rig's LiDARs, merged in one place) and one stage per camera work
+    side by side on each frame; the models get their outputs merged, one after another.
+    """
     factories = [functools.partial(LidarPreprocess, LidarConfig(grid=cfg.grid, num_sweeps=cfg.num_sweeps))]
     names = ["lidar_preprocess"]
-    if with_cameras:
-        factories.append(functools.partial(CameraPreprocess, CameraConfig(size=cfg.camera_size)))
-        names.append("camera_preprocess")
+    for cam in cameras:
+        factories.append(functools.partial(CameraPreprocess, CameraConfig(size=cfg.camera_size), (cam,)))
+        names.append(f"camera:{cam}")
+    groups = [list(range(len(factories)))]
     for config, ckpt in cfg.models:
+        groups.append([len(factories)])
         factories.append(functools.partial(ModelStage, str(config), str(ckpt)))
         names.append(f"model:{Path(config).stem}")
-    return factories, names
+    return factories, names, groups
 
 
 def _keep_targets(samples: Iterable[Sample], store: dict[str, Targets | None]) -> Iterator[Sample]:
@@ -83,7 +90,7 @@ def run_pipeline(samples: Iterable[Sample], calib, reference: str, out: Path, cf
         token = pred.token if isinstance(pred, FramePrediction) else pred.frame.token
         sinks(SinkItem(frames.pop(token), pred if isinstance(pred, FramePrediction) else None, targets.pop(token, None)))
 
-    factories, names = stage_factories(cfg, with_cameras)
+    factories, names, groups = stage_factories(cfg, tuple(calib.cameras) if with_cameras else ())
     t0 = time.perf_counter()
     with sinks:
         if workers == 0:
@@ -98,7 +105,7 @@ def run_pipeline(samples: Iterable[Sample], calib, reference: str, out: Path, cf
             if started:
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             try:
-                summary = run_stream(factories, remember(stream), sink=sink, total=total, names=names,
+                summary = run_stream(factories, remember(stream), sink=sink, total=total, names=names, groups=groups,
                                      num_cpus=min(1.0, (os.cpu_count() or 2) / (len(factories) + 1)))
                 summary.sync = sync.stats.as_dict()
             finally:

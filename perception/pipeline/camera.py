@@ -76,8 +76,10 @@ def undistort_pinhole(image: np.ndarray, model: PinholeCamera) -> tuple[np.ndarr
 class CameraPreprocess:
     """``Frame | Preprocessed -> Preprocessed`` with ``cameras[name]`` set to a :class:`CameraTensors`."""
 
-    def __init__(self, config: CameraConfig | None = None) -> None:
+    def __init__(self, config: CameraConfig | None = None, cameras: tuple[str, ...] | None = None) -> None:
+        """``cameras``: only these cameras (one actor per camera in the Ray pipeline); None: all of the frame's."""
         self.config = config or CameraConfig()
+        self.cameras = None if cameras is None else tuple(cameras)
         self._mean = np.asarray(self.config.mean, np.float32)
         self._std = np.asarray(self.config.std, np.float32)
 
@@ -85,7 +87,8 @@ class CameraPreprocess:
         pre = as_preprocessed(item)
         cams = dict(pre.cameras)
         for name, img in pre.frame.cameras.items():
-            cams[name] = self.process(img)
+            if self.cameras is None or name in self.cameras:
+                cams[name] = self.process(img)
         return Preprocessed(pre.frame, pre.lidar, cams)
 
     def process(self, img: CameraImage) -> CameraTensors:

@@ -49,6 +49,32 @@ class Hop:
     error: FrameError | None = None
 
 
+def merge_parts(parts: Sequence[Any]) -> tuple[Hop, Any]:
+    """``(hop0, item0, hop1, item1, ...)`` from stages that ran side by side → one ``(hop, item)``.
+
+    Timings are joined (each stage once), the first error wins; ``Preprocessed`` items are merged
+    (the LiDAR tensors of whichever stage made them, the union of the camera tensors).
+    """
+    from perception.pipeline.types import Preprocessed
+
+    hops, items = list(parts[0::2]), list(parts[1::2])
+    if len(hops) == 1:
+        return hops[0], items[0]
+    seen: dict[str, float] = {}
+    for h in hops:
+        for name, dt in h.timings:
+            seen.setdefault(name, dt)
+    error = next((h.error for h in hops if h.error is not None), None)
+    hop = Hop(hops[0].seq, hops[0].token, list(seen.items()), error)
+    if error is not None:
+        return hop, None
+    if all(isinstance(i, Preprocessed) for i in items):
+        lidar = next((i.lidar for i in items if i.lidar is not None), None)
+        cameras = {k: v for i in items for k, v in i.cameras.items()}
+        return hop, Preprocessed(items[0].frame, lidar, cameras)
+    return hop, items[0]
+
+
 def tensor_transport() -> None:
     """Move CPU torch tensors through Ray's object store as numpy buffers (this process's serializer).
 
@@ -88,7 +114,9 @@ class StageWorker:
         with self._turn:
             self._next = 0
 
-    def run(self, hop: Hop, item: Any) -> tuple[Hop, Any]:
+    def run(self, *parts: Any) -> tuple[Hop, Any]:
+        """``parts``: ``(hop, item)``, or several such pairs from stages that ran side by side (merged)."""
+        hop, item = merge_parts(parts)
         with self._turn:
             if self._next is None:
                 self._next = hop.seq
@@ -142,11 +170,14 @@ def start_actors(factories: Sequence[Callable[[], Any]], names: Sequence[str], n
 
 def run_stream(factories: Sequence[Callable[[], Any]], source: Iterable[Any], sink: Callable[[Any], None] | None = None,
                max_in_flight: int = 8, progress: bool = True, total: int | None = None, actors: list | None = None,
-               names: Sequence[str] | None = None, num_cpus: float = 0.5) -> StreamSummary:
+               names: Sequence[str] | None = None, num_cpus: float = 0.5,
+               groups: Sequence[Sequence[int]] | None = None) -> StreamSummary:
     """Run ``source``'s items through one actor per stage factory; ``sink(item)`` in input order.
 
     ``actors``: reuse actors from :func:`start_actors` (tests kill them mid-stream); ``names`` names
-    the stages (default: the factories' names).
+    the stages (default: the factories' names). ``groups``: the chain as groups of stage indices;
+    the stages of one group work side by side on the same input (e.g. one actor per camera) and the
+    next group receives their outputs merged (:func:`merge_parts`). Default: every stage its own group.
     """
     import ray
     from tqdm import tqdm
@@ -155,13 +186,17 @@ def run_stream(factories: Sequence[Callable[[], Any]], source: Iterable[Any], si
     names = list(names) if names is not None else _unique_names(factories)
     actors = actors if actors is not None else start_actors(factories, names, num_cpus)
     ray.get([a.begin.remote() for a in actors])  # sequence numbers start at 0 in every actor
+    groups = [list(g) for g in groups] if groups is not None else [[i] for i in range(len(actors))]
+    if sorted(i for g in groups for i in g) != list(range(len(actors))):
+        raise ValueError(f"run_stream: groups {groups} must use every stage index 0..{len(actors) - 1} once")
     stats = {n: StageStats(n) for n in names}
     summary = StreamSummary(stages=[StageStats("source"), *stats.values()])
-    pending: deque = deque()  # (seq, hop ref, payload ref), oldest first
+    pending: deque = deque()  # (seq, [hop ref, payload ref, ...] of the last group), oldest first
 
     def emit_oldest() -> None:
-        seq, ref, item_ref = pending.popleft()
-        hop: Hop = ray.get(ref)
+        seq, refs = pending.popleft()
+        hops = ray.get(refs[0::2])
+        hop, _ = merge_parts([x for h in hops for x in (h, None)])
         assert hop.seq == seq, (hop.seq, seq)
         for name, dt in hop.timings:
             stats[name].record(dt)
@@ -172,7 +207,8 @@ def run_stream(factories: Sequence[Callable[[], Any]], source: Iterable[Any], si
         else:
             summary.frames_out += 1
             if sink is not None:
-                sink(ray.get(item_ref))
+                items = ray.get(refs[1::2])
+                sink(merge_parts([x for pair in zip(hops, items) for x in pair])[1])
         bar.update(1)
 
     t_start = time.perf_counter()
@@ -180,10 +216,10 @@ def run_stream(factories: Sequence[Callable[[], Any]], source: Iterable[Any], si
     with tqdm(total=total, disable=not progress, unit="frame", desc="pipeline (ray)") as bar:
         seq = 0
         while (item := pull(it, summary)) is not END:
-            ref, item_ref = Hop(seq, _token(item)), item
-            for a in actors:
-                ref, item_ref = a.run.options(num_returns=2).remote(ref, item_ref)
-            pending.append((seq, ref, item_ref))
+            refs = [Hop(seq, _token(item)), item]
+            for group in groups:
+                refs = [r for i in group for r in actors[i].run.options(num_returns=2).remote(*refs)]
+            pending.append((seq, refs))
             summary.queue_depth.append(len(pending))
             seq += 1
             while len(pending) >= max_in_flight:

@@ -49,7 +49,9 @@ def test_demo_streams_the_synthetic_world_through_the_pipeline(tmp_path):
     p = summary["pipeline"]
     assert p["mode"] == "ray" and p["frames_in"] == p["frames_out"] == 6 and not p["errors"]
     names = [s["name"] for s in p["stages"]]
-    assert names == ["source", "lidar_preprocess", "camera_preprocess", "model:bev_center_sim"]
+    assert names == ["source", "lidar_preprocess", "camera:CAM_L0", "camera:CAM_F0", "camera:CAM_R0",
+                     "camera:FISHEYE_FRONT", "camera:FISHEYE_LEFT", "camera:FISHEYE_REAR", "camera:FISHEYE_RIGHT",
+                     "model:bev_center_sim"]
     assert all(s["calls"] == 6 and s["latency_ms_p50"] > 0 for s in p["stages"])
     assert p["sync"]["frames"] and p["sinks"]["PredictionTable"]["frames"] == 6
     assert p["sinks"]["McapSink"]["messages"]["/lidar"] == 6
