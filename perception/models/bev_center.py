@@ -175,17 +175,9 @@ class BevCenterNet(BaseModel):
     @torch.no_grad()
     def decode(self, heat: torch.Tensor, reg: torch.Tensor) -> list[Detections]:
         """Peaks of the heatmap (3x3 max-pool NMS), top ``max_detections`` above ``score_threshold``."""
-        B, K, h, w = heat.shape
-        prob = heat.sigmoid()
-        peaks = prob * (F.max_pool2d(prob, 3, 1, 1) == prob)
         cell = self.grid.resolution * self.stride
         out = []
-        for b in range(B):
-            scores, idx = peaks[b].reshape(-1).topk(min(self.max_detections, K * h * w))
-            keep = scores > self.score_threshold
-            scores, idx = scores[keep], idx[keep]
-            cls, ij = idx // (h * w), idx % (h * w)
-            i, j = ij // w, ij % w
+        for b, (scores, cls, i, j) in enumerate(heatmap_peaks(heat, self.max_detections, self.score_threshold)):
             r = reg[b, :, i, j].T.double()  # [M, 8]
             x = self.grid.x_min + (i + r[:, 0]) * cell
             y = self.grid.y_min + (j + r[:, 1]) * cell
@@ -195,6 +187,22 @@ class BevCenterNet(BaseModel):
             boxes = Boxes3D(tensor, cls.cpu().numpy().astype(np.int64), self.classes, "ego")
             out.append(Detections(boxes, scores.cpu().numpy()))
         return out
+
+
+def heatmap_peaks(heat: torch.Tensor, max_detections: int, score_threshold: float) -> list[tuple[torch.Tensor, ...]]:
+    """Per frame of ``heat [B, K, h, w]`` (logits): ``(scores, class, i, j)`` of the top ``max_detections``
+    local maxima (3x3 max-pool NMS, CenterNet) scoring above ``score_threshold``."""
+    B, K, h, w = heat.shape
+    prob = heat.sigmoid()
+    peaks = prob * (F.max_pool2d(prob, 3, 1, 1) == prob)
+    out = []
+    for b in range(B):
+        scores, idx = peaks[b].reshape(-1).topk(min(max_detections, K * h * w))
+        keep = scores > score_threshold
+        scores, idx = scores[keep], idx[keep]
+        cls, ij = idx // (h * w), idx % (h * w)
+        out.append((scores, cls, ij // w, ij % w))
+    return out
 
 
 def gaussian_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, gamma: float = 4.0) -> torch.Tensor:

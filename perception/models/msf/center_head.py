@@ -24,10 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from perception.models.bev_center import gaussian_focal_loss
+from perception.models.bev_center import gaussian_focal_loss, heatmap_peaks
 from perception.structures import Boxes3D, Detections, Targets
 
 __all__ = ["CenterHead", "REG_FIELDS", "VEL_FIELDS", "gaussian_radius"]
@@ -152,16 +151,8 @@ class CenterHead(nn.Module):
     @torch.no_grad()
     def decode(self, heat: torch.Tensor, reg: torch.Tensor) -> list[Detections]:
         """Heatmap peaks → one :class:`Detections` per frame (ego frame, bottom-centre boxes)."""
-        B, K, h, w = heat.shape
-        prob = heat.sigmoid()
-        peaks = prob * (F.max_pool2d(prob, 3, 1, 1) == prob)
         out = []
-        for b in range(B):
-            scores, idx = peaks[b].reshape(-1).topk(min(self.max_detections, K * h * w))
-            keep = scores > self.score_threshold
-            scores, idx = scores[keep], idx[keep]
-            cls, ij = idx // (h * w), idx % (h * w)
-            i, j = ij // w, ij % w
+        for b, (scores, cls, i, j) in enumerate(heatmap_peaks(heat, self.max_detections, self.score_threshold)):
             r = reg[b, :, i, j].T.double()  # [M, R]
             x = self.origin[0] + (i + r[:, 0]) * self.cell[0]
             y = self.origin[1] + (j + r[:, 1]) * self.cell[1]
