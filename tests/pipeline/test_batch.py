@@ -11,35 +11,13 @@ from pathlib import Path
 from typing import Sequence
 
 import pytest
-import torch
 
-from perception.engine.checkpoint import atomic_save
 from perception.pipeline.batch import MANIFEST, BatchError, DataSpec, Shard, plan_shards, run_inference
-from perception.pipeline.model_stage import build_model
 from perception.structures import Sample
+from tests.pipeline.conftest import CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs/bev_center/bev_center_sim.py"
 SIM = "sim:seeds=0,frames=40"  # one sequence: a new seed costs seconds of world generation per worker
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    from mmengine.config import Config
-
-    torch.manual_seed(0)
-    model = build_model(Config.fromfile(str(CONFIG)).model)
-    path = tmp_path_factory.mktemp("model") / "init.pth"
-    atomic_save({"state_dict": model.state_dict()}, path)
-    return path
 
 
 def infer(ckpt: Path, out: Path, data: DataSpec | str = SIM, **kw):

@@ -5,15 +5,13 @@ import functools
 
 import numpy as np
 import pytest
-import torch
 
-from perception.engine.checkpoint import atomic_save
 from perception.geometry.grid import VoxelGrid
-from perception.pipeline.model_stage import FramePrediction, ModelStage, build_model
+from perception.pipeline.model_stage import FramePrediction, ModelStage
 from perception.pipeline.ray_stream import run_stream, start_actors
 from perception.pipeline.stages import LidarConfig, LidarPreprocess
 from perception.structures import SE3, Calibration, EgoPose, Frame, PointCloud
-from tests.engine.test_train import CONFIG
+from tests.pipeline.conftest import CONFIG
 
 CALIB = Calibration({"lidar": SE3.from_rt(np.eye(3), [0.0, 0.0, 1.8])})
 N = 50
@@ -32,21 +30,7 @@ def frame(i: int, broken: bool = False) -> Frame:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model_factory(tmp_path_factory):
-    from mmengine.config import Config
-
-    torch.manual_seed(0)
-    model = build_model(Config.fromfile(str(CONFIG)).model)
-    ckpt = tmp_path_factory.mktemp("model") / "init.pth"
-    atomic_save({"state_dict": model.state_dict()}, ckpt)
+def model_factory(ckpt):
     return functools.partial(ModelStage, str(CONFIG), str(ckpt))
 
 
