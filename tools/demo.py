@@ -15,6 +15,7 @@ outputs, and per-source reader stats.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -70,7 +71,7 @@ def pipeline_source(args) -> tuple:
     if not lidars:
         raise SystemExit(f"demo.py: error: {args.source} frames carry no LiDAR; the pipeline is clocked by one")
     n = min(len(reader), args.frames_real)
-    return (reader[i] for i in range(n)), first.frame.calib, lidars[0], n
+    return itertools.chain([first], (reader[i] for i in range(1, n))), first.frame.calib, lidars[0], n
 
 
 def main(argv: list[str] | None = None) -> int:
