@@ -11,11 +11,17 @@ turn typed samples into tensors in their data preprocessor, never in a dict of s
 from __future__ import annotations
 
 from collections.abc import Sequence
+import hashlib
+import os
+import pickle
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Dataset
 
-from perception.structures import Sample
+from perception.structures import Frame, PointCloud, Sample
 
 
 class ReaderDataset(Dataset):
@@ -44,11 +50,20 @@ class SimDataset(Dataset):
     """Frames ``0..frames-1`` of the synthetic sequences ``seeds``, rendered on demand.
 
     ``render_cameras=False`` (LiDAR and ground truth only) makes a frame ~5x cheaper; ``cache`` keeps
-    rendered samples in memory (per process), so epochs after the first cost nothing.
+    rendered samples in memory (per process), so epochs after the first cost nothing. ``cache_dir``
+    also keeps them on disk (one pickle per frame, keyed by the simulator settings): dataloader
+    workers then share what any of them rendered, and a second run renders nothing. It is a cache this
+    class writes for itself; point it only at a folder you trust (pickles run code when read).
+
+    ``sweeps=n`` attaches the ``n`` preceding frames' LiDAR to ``Frame.sweeps`` (newest first, moved
+    into the current LiDAR frame through the ego poses, each with its own timestamp), as the mmdet3d
+    reader does for nuScenes/Waymo sweeps. The first frames of a sequence have fewer (frame ``k`` has
+    ``min(k, n)``): there is nothing earlier, and multi-frame models must cope with that.
     """
 
     def __init__(self, seeds: Sequence[int] = (0, 1), frames: int = 8, lidar: str = "hdl64",
-                 render_cameras: bool = False, rigs: Sequence[str] = ("navsim",), cache: bool = True) -> None:
+                 render_cameras: bool = False, rigs: Sequence[str] = ("navsim",), cache: bool = True,
+                 sweeps: int = 0, cache_dir: str | Path | None = None) -> None:
         from perception.sim.scene import SimConfig
         from perception.sim.world import BOX_CLASSES
 
@@ -58,6 +73,14 @@ class SimDataset(Dataset):
         self.frames = int(frames)
         self.config = SimConfig(frames=self.frames, lidar=lidar, rigs=tuple(rigs), render_cameras=render_cameras)
         self.cache = cache
+        if sweeps < 0:
+            raise ValueError(f"SimDataset: sweeps must be >= 0, got {sweeps}")
+        self.sweeps = int(sweeps)
+        self.cache_dir = None
+        if cache_dir is not None:
+            key = hashlib.sha1(repr(self.config).encode()).hexdigest()[:12]
+            self.cache_dir = Path(cache_dir) / f"sim_{key}"
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._sequences: dict = {}
         self._samples: dict[int, Sample] = {}
         self.metainfo = {"classes": BOX_CLASSES, "source": "sim"}
@@ -68,17 +91,66 @@ class SimDataset(Dataset):
     def __getitem__(self, i: int) -> Sample:
         if not 0 <= i < len(self):
             raise IndexError(f"SimDataset: index {i} out of range for {len(self)} samples")
+        sample = self._render(i)
+        k = i % self.frames
+        if not self.sweeps or k == 0:
+            return sample
+        return with_sweeps(sample, [self._render(i - j).frame for j in range(1, min(k, self.sweeps) + 1)])
+
+    def _render(self, i: int) -> Sample:
+        """Frame ``i`` without sweeps (cached when ``cache``)."""
         if i in self._samples:
             return self._samples[i]
-        from perception.sim.scene import SimSequence
+        seed, k = self.seeds[i // self.frames], i % self.frames
+        path = self.cache_dir / f"{seed:06d}_{k:04d}.pkl" if self.cache_dir is not None else None
+        sample = _read_cached(path) if path is not None else None
+        if sample is None:
+            from perception.sim.scene import SimSequence
 
-        seed = self.seeds[i // self.frames]
-        if seed not in self._sequences:
-            self._sequences[seed] = SimSequence(seed, self.config)
-        sample = self._sequences[seed][i % self.frames]
+            if seed not in self._sequences:
+                self._sequences[seed] = SimSequence(seed, self.config)
+            sample = self._sequences[seed][k]
+            if path is not None:
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(pickle.dumps(sample, protocol=5))
+                os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
         if self.cache:
             self._samples[i] = sample
         return sample
+
+
+def _read_cached(path: Path) -> Sample | None:
+    """A cached rendering, or None when absent or unreadable (then it is rendered again and rewritten)."""
+    try:
+        sample = pickle.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # truncated or from another version: say so, render again
+        warnings.warn(f"SimDataset: ignoring unreadable cache file {path} ({type(e).__name__}: {e})", stacklevel=3)
+        return None
+    return sample if isinstance(sample, Sample) else None
+
+
+def with_sweeps(sample: Sample, past: Sequence[Frame]) -> Sample:
+    """``sample`` with ``past`` frames' LiDAR (newest first) as ``Frame.sweeps`` in its LiDAR frame.
+
+    Every frame needs an ego pose and one LiDAR; sweeps keep their own timestamps and fields.
+    """
+    frame = sample.frame
+    if frame.ego_pose is None or any(f.ego_pose is None for f in past):
+        raise ValueError(f"with_sweeps ({frame.token}): every frame needs an ego pose to align sweeps")
+    name, cloud = next(iter(frame.lidar.items()))
+    cur_from_world = (frame.ego_pose.world_from_ego @ frame.calib.transform("ego", name)).inverse()
+    sweeps = []
+    for f in past:
+        if [t for t in f.lidar] != [name]:
+            raise ValueError(f"with_sweeps ({frame.token}): sweep {f.token} has LiDARs {tuple(f.lidar)}, want {name!r}")
+        pc = f.lidar[name]
+        cur_from_past = cur_from_world @ f.ego_pose.world_from_ego @ f.calib.transform("ego", name)
+        pts = pc.points.copy()
+        pts[:, :3] = cur_from_past.apply(pts[:, :3].astype(np.float64)).astype(np.float32)
+        sweeps.append(PointCloud(pts, pc.fields, pc.timestamp, name))
+    return Sample(replace(frame, sweeps=tuple(sweeps)), sample.targets)
 
 
 def collate_samples(batch: list[Sample]) -> list[Sample]:

@@ -6,6 +6,7 @@ readers yield both together as a :class:`Sample`.
 """
 from __future__ import annotations
 
+import copyreg
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
@@ -17,6 +18,14 @@ from perception.structures.calibration import Calibration
 from perception.structures.depth import DepthMap
 from perception.structures.pose import EgoPose, Trajectory
 from perception.structures.sensors import CameraImage, PointCloud
+
+# Frames and targets hold read-only mappings; let them pickle (dataloader workers, the sim cache)
+# as the plain dicts they wrap, rebuilt read-only on load.
+def _read_only(d: dict) -> MappingProxyType:
+    return MappingProxyType(d)
+
+
+copyreg.pickle(MappingProxyType, lambda m: (_read_only, (dict(m),)))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 encode, the model learns boxes and velocities on synthetic frames, and both configs build."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from perception.eval.detection import centre_distance_map
 from perception.geometry.se3 import SE3
 from perception.models.msf.center_head import CenterHead, gaussian_radius
 from perception.models.msf.rpn import CenterPointRPN, PointPreprocessor, RpnOutput
-from perception.structures import Boxes3D, Calibration, Frame, PointCloud
+from perception.structures import Boxes3D, Calibration, Frame, PointCloud, Sample
 
 pytest.importorskip("spconv.pytorch")
 
@@ -41,13 +43,31 @@ def test_preprocessor_crops_counts_and_picks_fields():
     pts = np.array([[1.0, 2.0, 0.0, 0.5], [np.nan, 0.0, 0.0, 0.1], [30.0, 0.0, 0.0, 0.1],  # kept, non-finite, outside x
                     [0.0, 0.0, 3.5, 0.2]])  # ego z 4.5: above z_max
     pre = PointPreprocessor(GRID, point_fields=("x", "y", "z", "intensity", "time_lag"))
-    x, n_bad, n_out = pre.crop(frame_with(pts))
+    frame = frame_with(pts)
+    x, n_bad, n_out = pre.crop_cloud(frame, frame.points)
     assert (n_bad, n_out) == (1, 2)
-    assert x.tolist() == [[1.0, 2.0, 1.0, 0.5, 0.0]]  # ego frame (z + 1), time_lag absent: zeros
+    assert x.tolist() == [[1.0, 2.0, 1.0, 0.5, 0.0]]  # ego frame (z + 1), time_lag 0 on the current sweep
     with pytest.raises(ValueError, match="x, y, z"):
         PointPreprocessor(GRID, point_fields=("intensity", "x", "y", "z"))
     with pytest.raises(TypeError, match=r"list\[Sample\]"):
         pre([1, 2])
+
+
+def test_preprocessor_stacks_sweeps_with_their_time_lag():
+    frame = frame_with(np.array([[1.0, 2.0, 0.0, 0.5]]))
+    older = [PointCloud(np.array([[float(k), 0.0, 0.0, 0.1], [np.inf, 0, 0, 0]], np.float32),
+                        ("x", "y", "z", "intensity"), -0.1 * k, "lidar") for k in (1, 2, 3)]
+    frame = replace(frame, sweeps=tuple(older))
+    pre = PointPreprocessor(GRID, point_fields=("x", "y", "z", "intensity", "time_lag"), sweeps=1, history=3)
+    batch = pre([Sample(frame)])["inputs"]
+    assert batch.points[0].numpy() == pytest.approx(np.array([[1.0, 2.0, 1.0, 0.5, 0.0], [1.0, 0.0, 1.0, 0.1, 0.1]]))
+    assert [len(h) for h in batch.history[0]] == [1, 1, 1]  # current + 2 earlier steps, each cropped
+    assert batch.history[0][2][0, 0].item() == 2.0
+    assert batch.time_lags[0] == pytest.approx([0.0, 0.1, 0.2])
+    assert batch.n_nonfinite == [2]  # the two sweeps read (history 3 = current + 2), one inf point each
+    shuffled = replace(frame, sweeps=(older[1], older[0]))
+    with pytest.raises(ValueError, match="newest first"):
+        pre([Sample(shuffled)])
 
 
 def test_head_targets_decode_back_to_the_boxes():

@@ -29,20 +29,29 @@ from perception.models.backbones.sparse_encoder import SparseEncoder
 from perception.models.backbones.vfe import MeanVFE, as_voxel_grid, grid_range
 from perception.models.msf.center_head import CenterHead
 from perception.ops.voxelize import dynamic_voxelize
-from perception.structures import Detections, Frame, Sample, Targets
+from perception.structures import Detections, Frame, PointCloud, Sample, Targets
 
 __all__ = ["CenterPointRPN", "PointBatch", "PointPreprocessor", "RpnOutput"]
 
 
 @dataclass
 class PointBatch:
-    """Model input: ``points[b] [N_b, C]`` float32 (ego frame, inside the grid), columns named by ``fields``."""
+    """Model input, per frame ``b`` of the batch.
+
+    ``points[b] [N_b, C]`` float32: the RPN's input, the current sweep and up to ``sweeps`` earlier
+    ones stacked (ego frame, inside the grid), columns named by ``fields``. ``history[b]`` the same
+    points per time step, ``history[b][0]`` the current sweep, ``[t]`` the ``t``-th earlier one (as
+    many as the frame has, up to the preprocessor's ``history``): what MSF's head pools from.
+    ``time_lags[b][t]`` seconds between the current sweep and step ``t``.
+    """
 
     points: list[torch.Tensor]
     fields: tuple[str, ...]
     frames: list[Frame]
-    n_nonfinite: list[int]  # per frame: points with a non-finite x, y or z, left out
-    n_outside: list[int]  # per frame: points outside the voxel grid, left out
+    n_nonfinite: list[int]  # per frame: points with a non-finite x, y or z, left out (all sweeps)
+    n_outside: list[int]  # per frame: points outside the voxel grid, left out (all sweeps)
+    history: list[list[torch.Tensor]] | None = None
+    time_lags: list[list[float]] | None = None
 
     def __len__(self) -> int:
         return len(self.points)
@@ -67,32 +76,60 @@ class PointPreprocessor(BaseDataPreprocessor):
     """``list[Sample]`` → ``dict(inputs=PointBatch, data_samples=list[Targets | None])``.
 
     ``point_fields`` picks columns by name (x, y, z first); a field a frame's LiDAR lacks (intensity on
-    some datasets, ``time_lag`` on a single sweep) is a column of zeros. The crop is the voxel ops'
-    own rule (:func:`dynamic_voxelize`), so every kept point lands in a voxel.
+    some datasets) is a column of zeros, and ``time_lag`` is filled here: seconds between the current
+    sweep and the one a point comes from (0 for the current sweep). ``sweeps`` earlier sweeps from
+    ``Frame.sweeps`` join the current one as the RPN's input (fewer when the frame has fewer: the
+    first frames of a sequence); ``history`` time steps are kept apart for a multi-frame head. The crop
+    is the voxel ops' own rule (:func:`dynamic_voxelize`), so every kept point lands in a voxel.
     """
 
-    def __init__(self, grid: VoxelGrid | dict, point_fields: Sequence[str] = ("x", "y", "z", "intensity")) -> None:
+    def __init__(self, grid: VoxelGrid | dict, point_fields: Sequence[str] = ("x", "y", "z", "intensity"),
+                 sweeps: int = 0, history: int = 1) -> None:
         super().__init__()
         self.grid = as_voxel_grid(grid)
         self.fields = tuple(point_fields)
         if self.fields[:3] != ("x", "y", "z"):
             raise ValueError(f"PointPreprocessor: point_fields must start with x, y, z, got {self.fields}")
+        if sweeps < 0 or history < 1:
+            raise ValueError(f"PointPreprocessor: need sweeps >= 0 and history >= 1, got {sweeps}, {history}")
+        self.sweeps, self.history = int(sweeps), int(history)
 
-    def crop(self, frame: Frame) -> tuple[torch.Tensor, int, int]:
-        """One frame's ``[N, C]`` points inside the grid, and its non-finite / outside point counts."""
-        pts = frame.points_in_ego()  # [N, C_frame]
-        have = next(iter(frame.lidar.values())).fields
-        cols = [pts[:, have.index(f)] if f in have else np.zeros(len(pts), np.float32) for f in self.fields]
-        x = torch.from_numpy(np.stack(cols, 1).astype(np.float32))  # [N, C]
+    def crop_cloud(self, frame: Frame, cloud: PointCloud) -> tuple[torch.Tensor, int, int]:
+        """One sweep's ``[N, C]`` points (ego frame) inside the grid, and its non-finite / outside counts."""
+        pts = np.array(cloud.points, dtype=np.float32)
+        pts[:, :3] = frame.calib.transform("ego", cloud.frame_id).apply(pts[:, :3].astype(np.float64))
+        lag = np.float32(frame.timestamp - cloud.timestamp)
+        cols = [pts[:, cloud.fields.index(f)] if f in cloud.fields and f != "time_lag"
+                else np.full(len(pts), lag if f == "time_lag" else 0.0, np.float32) for f in self.fields]
+        x = torch.from_numpy(np.stack(cols, 1).astype(np.float32)).reshape(len(pts), len(self.fields))  # [N, C]
         coors, n_bad, n_out = dynamic_voxelize(x[:, :3].contiguous(), self.grid.voxel_size, grid_range(self.grid),
                                                return_dropped=True)
         return x[coors[:, 0] >= 0], n_bad, n_out
 
+    def crop(self, frame: Frame) -> tuple[list[torch.Tensor], list[float], int, int]:
+        """Per time step (current first) the cropped points and time lags, and the summed drop counts."""
+        clouds = list(frame.lidar.values())
+        if not clouds:
+            raise ValueError(f"PointPreprocessor ({frame.token}): no LiDAR in this frame (missing: {frame.missing})")
+        if len(clouds) > 1 and frame.sweeps:
+            raise ValueError(f"PointPreprocessor ({frame.token}): sweeps with {len(clouds)} LiDARs are ambiguous")
+        now = [self.crop_cloud(frame, c) for c in clouds]  # a multi-LiDAR rig: all its LiDARs are step 0
+        steps = [(torch.cat([q[0] for q in now]), sum(q[1] for q in now), sum(q[2] for q in now))]
+        steps += [self.crop_cloud(frame, sw) for sw in frame.sweeps[: max(self.sweeps, self.history - 1)]]
+        lags = [0.0] + [float(frame.timestamp - sw.timestamp) for sw in frame.sweeps[: len(steps) - 1]]
+        if any(b < a for a, b in zip(lags, lags[1:])) or any(lag < 0 for lag in lags):
+            raise ValueError(f"PointPreprocessor ({frame.token}): sweeps must be older than the frame and newest "
+                             f"first; time lags {lags}")
+        return [q[0] for q in steps], lags, sum(q[1] for q in steps), sum(q[2] for q in steps)
+
     def forward(self, data: list[Sample], training: bool = False) -> dict:
         if not data or not all(isinstance(s, Sample) for s in data):
             raise TypeError(f"PointPreprocessor: expected a non-empty list[Sample], got {type(data).__name__}")
-        pts, bad, out = zip(*(self.crop(s.frame) for s in data))
-        batch = PointBatch([p.to(self.device) for p in pts], self.fields, [s.frame for s in data], list(bad), list(out))
+        steps, lags, bad, out = zip(*(self.crop(s.frame) for s in data))
+        points = [torch.cat(st[: self.sweeps + 1]).to(self.device) for st in steps]
+        history = [[p.to(self.device) for p in st[: self.history]] for st in steps]
+        batch = PointBatch(points, self.fields, [s.frame for s in data], list(bad), list(out), history,
+                           [list(lg[: self.history]) for lg in lags])
         return {"inputs": batch, "data_samples": [s.targets for s in data]}
 
 
@@ -108,8 +145,8 @@ class CenterPointRPN(BaseModel):
     def __init__(self, grid: VoxelGrid | dict, classes: Sequence[str],
                  point_fields: Sequence[str] = ("x", "y", "z", "intensity"), with_velocity: bool = True,
                  encoder: dict | None = None, backbone: dict | None = None, neck: dict | None = None,
-                 head: dict | None = None, bn_momentum: float = 0.01) -> None:
-        super().__init__(data_preprocessor=PointPreprocessor(grid, point_fields))
+                 head: dict | None = None, bn_momentum: float = 0.01, sweeps: int = 0) -> None:
+        super().__init__(data_preprocessor=PointPreprocessor(grid, point_fields, sweeps=sweeps))
         self.grid = as_voxel_grid(grid)
         self.classes = tuple(classes)
         self.point_fields = tuple(point_fields)
