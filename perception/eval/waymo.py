@@ -203,24 +203,42 @@ def gt_num_points(sample: Sample, attribute: str = POINTS_ATTRIBUTE) -> np.ndarr
 
 
 class WaymoAP(BaseMetric):
-    """mmengine metric: :func:`waymo_ap` over the evaluated frames (``data_batch``: ``list[Sample]``)."""
+    """mmengine metric: :func:`waymo_ap` over the evaluated frames (``data_batch``: ``list[Sample]``).
+
+    ``xy_range=(x_min, y_min, x_max, y_max)`` evaluates a model that only sees part of the scene (a
+    CPU-sized grid): ground truth and predictions whose centre lies outside are left out, as mmdet3d's
+    range filter does; ``None`` (default, Waymo's rule) keeps everything.
+    """
 
     default_prefix = "waymo"
 
     def __init__(self, classes: Sequence[str] = CLASSES, class_map: Mapping[str, Sequence[str]] | None = None,
                  iou_thresholds: Mapping[str, float] | None = None, score_cutoffs: Sequence[float] = SCORE_CUTOFFS,
                  empty_gt: Literal["ignore", "drop"] = "ignore", points_attribute: str = POINTS_ATTRIBUTE,
-                 collect_device: str = "cpu", prefix: str | None = None) -> None:
+                 xy_range: Sequence[float] | None = None, collect_device: str = "cpu", prefix: str | None = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.kwargs = dict(classes=tuple(classes), class_map=class_map, iou_thresholds=iou_thresholds,
                            score_cutoffs=tuple(score_cutoffs), empty_gt=empty_gt)
         self.points_attribute = points_attribute
+        if xy_range is not None and (len(xy_range) != 4 or not (xy_range[0] < xy_range[2] and xy_range[1] < xy_range[3])):
+            raise ValueError(f"WaymoAP.xy_range: expected (x_min, y_min, x_max, y_max), got {xy_range!r}")
+        self.xy_range = None if xy_range is None else tuple(float(v) for v in xy_range)
+
+    def _inside(self, boxes: Boxes3D) -> np.ndarray:
+        if self.xy_range is None:
+            return np.ones(len(boxes), bool)
+        x0, y0, x1, y1 = self.xy_range
+        xy = boxes.tensor[:, :2]
+        return (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
 
     def process(self, data_batch: Sequence[Sample], data_samples: Sequence[Detections]) -> None:
         for sample, det in zip(data_batch, data_samples):
             if sample.targets is None:
                 raise ValueError(f"WaymoAP: frame {sample.frame.token} has no ground truth")
-            self.results.append((det, sample.targets.boxes, gt_num_points(sample, self.points_attribute)))
+            gt, n_points = sample.targets.boxes, gt_num_points(sample, self.points_attribute)
+            keep, kept = self._inside(gt), self._inside(det.boxes)
+            det = Detections(det.boxes.select(np.flatnonzero(kept)), det.scores[kept])
+            self.results.append((det, gt.select(np.flatnonzero(keep)), n_points[keep]))
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         return waymo_ap(results, **self.kwargs)

@@ -139,3 +139,19 @@ def test_metric_counts_points_per_frame_and_matches_within_frames():
     m = metric.compute_metrics(metric.results)
     # both boxes LEVEL_2: L2 R 0.5 -> 0.5; L1 has no FN and one TP -> R 1 -> 1 (Waymo counts it, see IsTP)
     assert m["Vehicle/L2_AP"] == pytest.approx(0.5, abs=1e-6) and m["Vehicle/L1_AP"] == pytest.approx(1.0)
+
+
+def test_xy_range_leaves_out_what_the_model_cannot_see():
+    calib = Calibration({"lidar": SE3.identity()})
+    frame = Frame("a", 0.0, calib, lidar={"lidar": PointCloud(np.zeros((0, 3)), ("x", "y", "z"), 0.0, "lidar")})
+    sample = Sample(frame, Targets(boxes([car(10), car(60)]), attributes={"num_lidar_pts": np.array([50, 50])}))
+    dets = [Detections(boxes([car(10), car(-70)]), [0.9, 0.95])]  # one hit, one FP beyond the range
+    whole = WaymoAP()
+    whole.process([sample], dets)
+    # everything: the far FP ranks first, the far box is missed -> R 0.5 reached at P 0.5
+    assert whole.compute_metrics(whole.results)["Vehicle/L1_AP"] < 0.5
+    near = WaymoAP(xy_range=(-40, -40, 40, 40))
+    near.process([sample], dets)
+    assert near.compute_metrics(near.results)["Vehicle/L1_AP"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="xy_range"):
+        WaymoAP(xy_range=(40, -40, -40, 40))
