@@ -26,7 +26,8 @@ grid = dict(x_min=-51.2, y_min=-51.2, z_min=-1.0, x_max=51.2, y_max=51.2, z_max=
 classes = ("Car", "Pedestrian", "Cyclist")
 
 model = dict(
-    type=CenterPointRPN, grid=grid, classes=classes, point_fields=("x", "y", "z", "intensity"), with_velocity=True,
+    type=CenterPointRPN, grid=grid, classes=classes, point_fields=("x", "y", "z", "intensity", "time_lag"),
+    sweeps=2, with_velocity=True,  # the current sweep + 2 earlier ones (0.2 s), each point with its time lag
     encoder=dict(channels=(16, 32, 64, 128), out_channels=128, blocks=1),
     backbone=dict(out_channels=(128, 256), layer_nums=(5, 5), strides=(1, 2)),
     neck=dict(out_channels=(256, 256), upsample_strides=(1, 2)),
@@ -36,10 +37,10 @@ model = dict(
 
 train_dataloader = dict(batch_size=4, num_workers=4, sampler=dict(type=DefaultSampler, shuffle=True),
                         collate_fn=dict(type=collate_samples),
-                        dataset=dict(type=SimDataset, seeds=list(range(0, 64)), frames=40, lidar="hdl64"))
+                        dataset=dict(type=SimDataset, seeds=list(range(0, 64)), frames=40, lidar="hdl64", sweeps=3))
 val_dataloader = dict(batch_size=4, num_workers=4, sampler=dict(type=DefaultSampler, shuffle=False),
                       collate_fn=dict(type=collate_samples),
-                      dataset=dict(type=SimDataset, seeds=list(range(1000, 1008)), frames=40, lidar="hdl64"))
+                      dataset=dict(type=SimDataset, seeds=list(range(1000, 1008)), frames=40, lidar="hdl64", sweeps=3))
 test_dataloader = val_dataloader
 val_evaluator = dict(type=CentreDistanceAP, classes=classes, max_distance=50.0)
 test_evaluator = val_evaluator

@@ -6,9 +6,11 @@ can see motion; the dataset keeps 3 earlier sweeps for MSF's 4-frame head. Rende
 in work_dirs/sim_cache (the first epoch renders, two loader workers in parallel; later runs read).
 
 Train: python tools/train.py configs/msf/rpn_sim_cpu.py
-Test:  python tools/test.py configs/msf/rpn_sim_cpu.py work_dirs/msf_rpn_sim_cpu/epoch_12.pth
+Test:  python tools/test.py configs/msf/rpn_sim_cpu.py work_dirs/msf_rpn_sim_cpu/epoch_6.pth
 """
 from mmengine.config import read_base
+from mmengine.optim.scheduler import CosineAnnealingLR
+from mmengine.runner import EpochBasedTrainLoop
 
 from perception.engine.hooks import DetectionVisHook
 from perception.eval.waymo import WaymoAP
@@ -31,17 +33,22 @@ model = dict(
     bn_momentum=0.1,  # short CPU runs: running statistics settle in tens of steps
 )
 
-# 3 earlier sweeps per frame (MSF's head pools 4 frames), renders cached on disk for loader workers and reruns
+# 3 earlier sweeps per frame (MSF's head pools 4 frames), renders cached on disk for loader workers and reruns;
+# workers are spawned, not forked (a fork can inherit a lock held by one of the parent's threads)
 sim_data = dict(sweeps=3, cache_dir="work_dirs/sim_cache")
-train_dataloader = dict(train_dataloader, num_workers=2, persistent_workers=True,  # noqa: F405
-                        dataset=dict(train_dataloader["dataset"], **sim_data))  # noqa: F405
-val_dataloader = dict(val_dataloader, num_workers=2, persistent_workers=True,  # noqa: F405
-                      dataset=dict(val_dataloader["dataset"], **sim_data))  # noqa: F405
+workers = dict(num_workers=2, persistent_workers=True, multiprocessing_context="spawn")
+train_dataloader = dict(train_dataloader, **workers, dataset=dict(train_dataloader["dataset"], **sim_data))  # noqa: F405
+val_dataloader = dict(val_dataloader, **workers, dataset=dict(val_dataloader["dataset"], **sim_data))  # noqa: F405
 test_dataloader = val_dataloader
 # Waymo-style 3D AP with the Vehicle class at IoU 0.5 (the synthetic world's Car), besides centre-distance AP
 val_evaluator = [val_evaluator, dict(type=WaymoAP, iou_thresholds={"Vehicle": 0.5, "Pedestrian": 0.5, "Cyclist": 0.5},
                                  xy_range=(-40.0, -40.0, 40.0, 40.0))]  # noqa: F405
 test_evaluator = val_evaluator
+
+# 6 epochs (~5 min here after the first epoch's rendering): vehicles plateau by then
+max_epochs = 6
+train_cfg = dict(type=EpochBasedTrainLoop, max_epochs=max_epochs, val_interval=3)
+param_scheduler = [dict(type=CosineAnnealingLR, T_max=max_epochs, by_epoch=True, eta_min=1e-5)]
 
 custom_hooks = [*custom_hooks, dict(type=DetectionVisHook, show_dir=None, xy_range=(-40.0, -40.0, 40.0, 40.0))]  # noqa: F405
 work_dir = "work_dirs/msf_rpn_sim_cpu"
