@@ -4,6 +4,7 @@
     python tools/benchmark.py sim --json out/bench_sim.json
     python tools/benchmark.py ops --json out/bench_ops.json
     python tools/benchmark.py pipeline --json out/bench_pipeline.json
+    python tools/benchmark.py models --json out/bench_models.json
 
 ``sim``: one synthetic frame (HDL-64 sweep + 3 pinhole 640x360 + 4 fisheye 640x640 with depth)
 on one core, against the 0.5 s budget; and the ray caster against a brute-force cast (no azimuth
@@ -14,6 +15,9 @@ real KITTI sweeps (see tools/bench/ops_*.py).
 
 ``pipeline``: the same 124k-point synthetic LiDAR stream (preprocessing + voxelization) on Ray
 actors and in process, interleaved in one run; frames/s and their ratio (tools/bench/pipeline.py).
+
+``models``: MSF's latency per frame on CPU, the RPN and the head apart, at the CPU and the paper
+config sizes (tools/bench/models.py).
 
 Rows: ``bench``, ``impl``, ``peer``, ``params``, ``median_ms``, ``peer_median_ms``, ``speedup``
 (peer / ours), plus bench-specific fields. Medians over ``--repeats`` runs after a warm-up.
@@ -138,7 +142,14 @@ def bench_pipeline(repeats: int) -> list[dict]:
     return rows(min(repeats, ROUNDS))
 
 
-BENCHES = {"sim": bench_sim, "ops": bench_ops, "pipeline": bench_pipeline}
+def bench_models(repeats: int) -> list[dict]:
+    """MSF's RPN and head latency per frame on CPU, CPU-sized and paper-sized (tools/bench/models.py)."""
+    from tools.bench.models import rows
+
+    return [{"bench": "models", **r} for r in rows(repeats)]
+
+
+BENCHES = {"sim": bench_sim, "ops": bench_ops, "pipeline": bench_pipeline, "models": bench_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,59 @@
+"""``tools/benchmark.py models``: MSF's CPU latency per frame, its RPN and its head apart, at both config sizes.
+
+One synthetic frame with its 3 earlier sweeps (HDL-64, ~120k points each). The RPN row is the
+preprocessing (crop, time lags), the sparse encoder, the BEV backbone and the heatmap decoding; the
+head row is what MSF adds: propagation, pooling from 4 frames, the region network and the final
+decoding and NMS (the proposal NMS between them takes well under a millisecond and is in neither). Weights are random (latency does not depend on them), but the
+RPN's score threshold is 0 so the head always gets its full ``num_proposals``. The head's peer is
+the RPN measured in the same run: ``speedup`` = RPN time / head time.
+"""
+from __future__ import annotations
+
+import torch
+
+from tools.bench.common import median_ms
+
+CONFIGS = {"cpu": "configs/msf/msf_sim_cpu.py", "paper": "configs/msf/msf_sim.py"}
+
+
+def _model(path: str):
+    from perception.engine.cli import load_config
+
+    cfg = load_config(path)
+    kw = dict(cfg.model)
+    kind = kw.pop("type")
+    kw["rpn_checkpoint"] = None
+    kw["rpn"] = dict(kw["rpn"], head=dict(kw["rpn"]["head"], score_threshold=0.0))
+    return kind(**kw).eval(), kw
+
+
+def rows(repeats: int, threads=(1, 2)) -> list[dict]:
+    from perception.data.dataset import SimDataset
+    from tools.bench.common import op_row
+
+    sample = SimDataset(seeds=[1000], frames=6, sweeps=3, cache_dir="work_dirs/sim_cache")[5]
+    out = []
+    for size, path in CONFIGS.items():
+        model, kw = _model(path)
+        data = model.data_preprocessor([sample], False)
+        inputs = data["inputs"]
+        for n in threads:
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                rpn_ms = median_ms(lambda: model.rpn.decode(model.rpn.extract(model.data_preprocessor([sample], False)["inputs"])),
+                                   repeats)
+                props = model.proposals(inputs)
+
+                def head():
+                    res, iou = model._head(inputs, props, training=False)
+                    model.decode(props, res, iou)
+
+                head_ms = median_ms(head, repeats)
+            params = {"config": path, "frames": model.frames, "proposals": len(props[0][0]),
+                      "points_per_proposal_frame": model.max_points, "points": [len(h) for h in inputs.history[0]],
+                      "rpn_params": sum(p.numel() for p in model.rpn.parameters()),
+                      "head_params": sum(p.numel() for p in model.head.parameters())}
+            out.append(op_row("msf_rpn", f"MSF RPN ({size})", None, params, rpn_ms, None, n))
+            out.append(op_row("msf_head", f"MSF head ({size}): 4-frame pooling, region network, NMS", f"MSF RPN ({size})",
+                              params, head_ms, rpn_ms, n))
+    return out
