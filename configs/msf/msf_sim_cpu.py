@@ -4,7 +4,7 @@ Two-stage training as in the paper: the RPN first, then the head on its proposal
 
 Stage 1: python tools/train.py configs/msf/rpn_sim_cpu.py
 Stage 2: python tools/train.py configs/msf/msf_sim_cpu.py
-Test:    python tools/test.py configs/msf/msf_sim_cpu.py work_dirs/msf_sim_cpu/epoch_6.pth
+Test:    python tools/test.py configs/msf/msf_sim_cpu.py work_dirs/msf_sim_cpu/epoch_12.pth
 """
 from mmengine.config import read_base
 from mmengine.optim.scheduler import CosineAnnealingLR
@@ -21,7 +21,7 @@ model = dict(
     head=dict(dim=64, heads=4, blocks=2, group_size=1),
 )
 
-max_epochs = 6
-train_cfg = dict(type=EpochBasedTrainLoop, max_epochs=max_epochs, val_interval=3)
+max_epochs = 12
+train_cfg = dict(type=EpochBasedTrainLoop, max_epochs=max_epochs, val_interval=6)
 param_scheduler = [dict(type=CosineAnnealingLR, T_max=max_epochs, by_epoch=True, eta_min=1e-5)]
 work_dir = "work_dirs/msf_sim_cpu"

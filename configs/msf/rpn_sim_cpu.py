@@ -40,9 +40,12 @@ workers = dict(num_workers=2, persistent_workers=True, multiprocessing_context="
 train_dataloader = dict(train_dataloader, **workers, dataset=dict(train_dataloader["dataset"], **sim_data))  # noqa: F405
 val_dataloader = dict(val_dataloader, **workers, dataset=dict(val_dataloader["dataset"], **sim_data))  # noqa: F405
 test_dataloader = val_dataloader
-# Waymo-style 3D AP with the Vehicle class at IoU 0.5 (the synthetic world's Car), besides centre-distance AP
-val_evaluator = [val_evaluator, dict(type=WaymoAP, iou_thresholds={"Vehicle": 0.5, "Pedestrian": 0.5, "Cyclist": 0.5},
-                                 xy_range=(-40.0, -40.0, 40.0, 40.0))]  # noqa: F405
+# Waymo-style 3D AP (the synthetic world's Car is Vehicle) at IoU 0.5 for every class, and at Waymo's own
+# thresholds (Vehicle 0.7) under the prefix waymo_iou70, besides centre-distance AP
+xy_range = (-40.0, -40.0, 40.0, 40.0)
+val_evaluator = [val_evaluator,  # noqa: F405
+                 dict(type=WaymoAP, iou_thresholds={"Vehicle": 0.5, "Pedestrian": 0.5, "Cyclist": 0.5}, xy_range=xy_range),
+                 dict(type=WaymoAP, xy_range=xy_range, prefix="waymo_iou70")]
 test_evaluator = val_evaluator
 
 # 6 epochs (~5 min here after the first epoch's rendering): vehicles plateau by then

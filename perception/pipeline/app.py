@@ -24,7 +24,8 @@ from perception.pipeline.sinks import McapSink, MultiSink, PngSink, PredictionTa
 from perception.structures import Sample, Targets
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODELS = ((ROOT / "configs/bev_center/bev_center_sim.py", ROOT / "checkpoints/bev_center_sim.safetensors"),)
+# MSF (4 frames; the model stage keeps the earlier ones), trained on the synthetic world (README: "MSF")
+DEFAULT_MODELS = ((ROOT / "configs/msf/msf_sim_cpu.py", ROOT / "checkpoints/msf_sim_cpu.safetensors"),)
 
 
 @dataclass(frozen=True)

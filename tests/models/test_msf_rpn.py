@@ -166,7 +166,8 @@ def test_configs_build(name):
     model = cfg.model.pop("type")(**cfg.model)
     assert isinstance(model, CenterPointRPN) and model.with_velocity
     assert model.head.n_reg == 10
-    assert cfg.val_evaluator["classes"] == model.classes
+    evaluators = cfg.val_evaluator if isinstance(cfg.val_evaluator, list) else [cfg.val_evaluator]
+    assert evaluators[0]["classes"] == model.classes
     if name == "rpn_sim.py":  # the papers' widths
         assert model.encoder.channels == (16, 32, 64, 128)
         assert model.encoder.bev_channels == 256 and model.stride == 8 and model.encoder.bev_shape == (128, 128)
