@@ -316,6 +316,34 @@ def _row_span(prm, g, dx, y0, res, jmin, jmax):  # pragma: no cover - compiled
     return j0, j1
 
 
+@numba.njit(cache=True, inline="always")
+def _accumulate_run(accf, k, ff, fb, C, n, w0, r, qf, alpha, wv):  # pragma: no cover - compiled
+    """``acc[k + j] += alpha e_j feats[g]`` for the run's ``n`` cells (``accf``/``ff`` flat, ``fb`` =
+    ``g * C``; e_0 = w0, e_{j+1} = e_j r_j, r_{j+1} = r_j qf). Unsigned indices: numba then emits no
+    negative-index test, and with the usual C = 64 a constant trip count: four full vectors per cell."""
+    U = np.uint64
+    ew = w0
+    if C == 64:
+        for j in range(U(n)):
+            wv[0] = alpha * ew  # the weight in the data's dtype
+            w = wv[0]
+            b = (k + j) * U(64)
+            for ch in range(U(64)):
+                accf[b + ch] += w * ff[fb + ch]
+            ew *= r
+            r *= qf
+    else:
+        CU = U(C)
+        for j in range(U(n)):
+            wv[0] = alpha * ew
+            w = wv[0]
+            b = (k + j) * CU
+            for ch in range(CU):
+                accf[b + ch] += w * ff[fb + ch]
+            ew *= r
+            r *= qf
+
+
 @numba.njit(parallel=True, cache=True, fastmath=True)
 def _splat2d_fwd(prm, feats, lims, box, ptr, lst, TI, TJ, out):  # pragma: no cover
     """``out [C, nx, ny]``: one work item per tile of TI rows x TJ columns, over its Gaussians.
@@ -326,22 +354,33 @@ def _splat2d_fwd(prm, feats, lims, box, ptr, lst, TI, TJ, out):  # pragma: no co
     (TI = STRIP_2D rows, TJ = ny): no run is cut, so every (Gaussian, row) is set up once. Measured
     here, the time then goes about 2/3 to the C-wide accumulate of the (Gaussian, cell) pairs and
     1/3 to the rows' setup; square tiles (L1-sized accumulators) were slower, as they cut runs.
+
+    Load balance: tiles differ several-fold in work (clustered means), so they are handed out one at
+    a time (``numba.parallel_chunksize(1)`` around the call: dynamic scheduling), heaviest first (by
+    Gaussian count): a thread that is slow or shares its core with another process then takes fewer
+    tiles instead of holding up the others at the end.
     """
     C, nx, ny = out.shape
     x0, y0, res = lims[0], lims[1], lims[2]
     ntj = (ny + TJ - 1) // TJ
-    for t in numba.prange(((nx + TI - 1) // TI) * ntj):
+    ntiles = ((nx + TI - 1) // TI) * ntj
+    order = np.argsort(ptr[:ntiles] - ptr[1:ntiles + 1], kind="mergesort")  # most Gaussians first
+    ff = feats.reshape(feats.shape[0] * C)
+    for q in numba.prange(ntiles):  # the caller sets chunk size 1 (numba.parallel_chunksize)
+        t = order[q]
         ilo = (t // ntj) * TI
         jlo = (t % ntj) * TJ
         ihi = min(ilo + TI, nx) - 1
         jhi = min(jlo + TJ, ny) - 1
         acc = np.zeros((TI * TJ, C), out.dtype)
+        accf = acc.reshape(TI * TJ * C)
         wv = np.empty(1, out.dtype)
         for e in range(ptr[t], ptr[t + 1]):
             g = lst[e]
             mx, my, c, s = prm[g, 0], prm[g, 1], prm[g, 2], prm[g, 3]
             isx, isy, alpha, qf = prm[g, 4], prm[g, 5], prm[g, 6], prm[g, 7]
             A, kB = prm[g, 8], prm[g, 10]
+            fb = np.uint64(g) * np.uint64(C)
             for i in range(max(box[g, 0], ilo), min(box[g, 1], ihi) + 1):
                 dx = x0 + (i + 0.5) * res - mx
                 j0, j1 = _row_span(prm, g, dx, y0, res, max(box[g, 2], jlo), min(box[g, 3], jhi))
@@ -351,15 +390,8 @@ def _splat2d_fwd(prm, feats, lims, box, ptr, lst, TI, TJ, out):  # pragma: no co
                 ew = _clamped_exp(-0.5 * _d2_2d(dx, dy, c, s, isx, isy))
                 # ratio of the next cell's weight to this one's: exp(-(d2(dy + res) - d2(dy)) / 2)
                 r = _clamped_exp(-0.5 * (A * (2.0 * dy * res + res * res) + 2.0 * kB * dx * res))
-                k = (i - ilo) * TJ + (j0 - jlo)
-                for j in range(j0, j1 + 1):
-                    wv[0] = alpha * ew
-                    w = wv[0]
-                    for ch in range(C):
-                        acc[k, ch] += w * feats[g, ch]
-                    k += 1
-                    ew *= r
-                    r *= qf
+                _accumulate_run(accf, np.uint64((i - ilo) * TJ + (j0 - jlo)), ff, fb, C, j1 - j0 + 1, ew, r, qf,
+                                alpha, wv)
         for ch in range(C):
             for i in range(ilo, ihi + 1):
                 for j in range(jlo, jhi + 1):
@@ -616,7 +648,8 @@ def _splat_bev_op(means: torch.Tensor, scales: torch.Tensor, rotations: torch.Te
     box = _boxes2d(_np(means), _np(scales), _np(rotations), lims, nx, ny)
     ptr, lst = _tile_lists(box, np.array([STRIP_2D, ny]), np.array([-(-nx // STRIP_2D), 1]))
     prm = _params2d(_np(means), _np(scales), _np(rotations), _np(opacities), resolution)
-    _splat2d_fwd(prm, _np(features), lims, box, ptr, lst, STRIP_2D, ny, out.numpy())
+    with numba.parallel_chunksize(1):  # tiles handed out one at a time (see _splat2d_fwd)
+        _splat2d_fwd(prm, _np(features), lims, box, ptr, lst, STRIP_2D, ny, out.numpy())
     return out
 
 

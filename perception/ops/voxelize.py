@@ -27,15 +27,15 @@ Backends: ``"torch"`` (:func:`voxelize_reference`, plain PyTorch), ``"cpu"`` (nu
 CPU), ``"cuda"`` (``ops/voxelize/``). The ops are not differentiable (voxelization runs on raw
 points); pool features with :func:`perception.ops.scatter.dynamic_scatter` when gradients are needed.
 
-CPU kernel (hard), numba. Up to ``_SERIAL_MAX`` points (a sweep of any current LiDAR) one thread
-runs it, whatever the thread count: (1+2) one pass computes each point's bit-packed cell key
-(``z << sz | y << sy | x``) 32 points ahead of numbering it in first-occurrence order in an
-open-addressing table sized 2x the point count (linear probing, Fibonacci hashing, the probe slot
-software-prefetched; a one-entry "last key" cache skips the probe for the runs of points LiDAR scan
-order puts into one voxel) and copies the point straight to its row of a ``[N * P, C]`` scratch
-(ranks past P go to a dump row, branch-free); (3) one streaming pass writes the ``M`` voxels out,
-zeroing unused rows with a bit mask. At 120k points this beats the partitioned kernel at 2 threads
-and never waits for a descheduled thread. Larger clouds with T > 1 threads take the partitioned
+CPU kernel (hard), numba. Up to ``_SERIAL_MAX`` points (a sweep of any current LiDAR), whatever the
+thread count: (1) a vectorised pass computes each point's bit-packed cell key (``z << sz | y << sy |
+x``; branch-free, so LLVM emits SIMD division and floor; split over the threads); (2) one thread
+numbers the voxels in first-occurrence order in an open-addressing table sized 2x the point count
+(linear probing, Fibonacci hashing, the probe slot software-prefetched) and overwrites each key with
+the point's output row ``voxel * P + rank``; the body is branch-free, because whether a point opens
+a voxel is close to a coin flip in LiDAR data; (3) the points are copied to their rows of the zeroed
+output (a memset beats zeroing each voxel's unused rows) and the coords decoded, split over the
+threads. Larger clouds with T > 1 threads take the partitioned
 kernel: (1) a parallel pass computes the keys and splits the valid points into T hash partitions of
 the key (branch-free stream compaction, input order kept); (2) each thread owns one partition and
 numbers its voxels as above, noting each voxel's first P point indices; (3) a parallel prefix sum
@@ -345,105 +345,166 @@ def _uslot(key, shift):
 
 
 # The serial kernels index with uint64: numba then emits no negative-index wraparound test, which
-# otherwise costs these memory-bound loops up to 2x (computed indices defeat LLVM's range analysis).
+# otherwise costs these loops up to 2x (computed indices defeat LLVM's range analysis).
+@numba.njit(cache=True, inline="always")
+def _key_or_code(x, y, z, lx, ly, lz, vx, vy, vz, nx, ny, nz, sy, sz):
+    """Branch-free :func:`_cell_key` (the same values) for the vectorised key pass: both outcomes are
+    computed and selected, so LLVM turns the loop into SIMD (exact IEEE division: 16 lanes at a time
+    it costs less than the reciprocal's boundary fix-ups would)."""
+    fx = np.floor((x - lx) / vx)
+    fy = np.floor((y - ly) / vy)
+    fz = np.floor((z - lz) / vz)
+    inside = (fx >= 0) & (fx < nx) & (fy >= 0) & (fy < ny) & (fz >= 0) & (fz < nz)
+    # clamped so the int conversion is defined for the (discarded) values of rejected points
+    fx = max(min(fx, nx), 0.0)
+    fy = max(min(fy, ny), 0.0)
+    fz = max(min(fz, nz), 0.0)
+    key = (np.int64(fz) << sz) | (np.int64(fy) << sy) | np.int64(fx)
+    finite = (x - x == 0) & (y - y == 0) & (z - z == 0)  # inf - inf and NaN - NaN are NaN
+    return key if inside else np.int64(-1) - np.int64(finite)  # -1 non-finite, -2 out of range
+
+
 @numba.njit(cache=True)
-def _hard_serial(points, lo, vs, grid, keys, tab, bits, P, rows, lkey, lcnt, stats):
-    """Passes 1 + 2 fused for one thread: the cell key of point ``i + _PF`` is computed (and its table
-    slot prefetched) while point ``i`` is numbered in first-occurrence order (linear probing; a
-    one-entry "last key" cache skips the probe for the runs of points scan order puts in one voxel).
-    Point ``i`` is copied straight to ``rows[lv * P + c]`` (``c`` its rank in voxel ``lv``; ranks
-    >= P go to the dump row ``rows[-1]``, branch-free), so :func:`_hard_out` only streams. Returns
-    the voxel count."""
-    nx, ny, nz = grid[0], grid[1], grid[2]
-    sy, sz = grid[3], grid[4]
+def _keys_flat(flat, C, lo, vs, gridf, sy, sz, keys):
+    """Pass 1 on a chunk: ``keys[i]`` = cell key of point ``i`` (``flat`` = the chunk's ``[n * C]``
+    values). The constant row width of the usual C = 4 and C = 3 lets LLVM load x, y, z as
+    interleaved vectors instead of gathering them."""
+    U = np.uint64
+    lx, ly, lz = lo[0], lo[1], lo[2]
+    vx, vy, vz = vs[0], vs[1], vs[2]
+    nx, ny, nz = gridf[0], gridf[1], gridf[2]
+    n = U(keys.shape[0])
+    if C == 4:
+        for i in range(n):
+            keys[i] = _key_or_code(flat[U(4) * i], flat[U(4) * i + U(1)], flat[U(4) * i + U(2)],
+                                   lx, ly, lz, vx, vy, vz, nx, ny, nz, sy, sz)
+    elif C == 3:
+        for i in range(n):
+            keys[i] = _key_or_code(flat[U(3) * i], flat[U(3) * i + U(1)], flat[U(3) * i + U(2)],
+                                   lx, ly, lz, vx, vy, vz, nx, ny, nz, sy, sz)
+    else:
+        CU = U(C)
+        for i in range(n):
+            keys[i] = _key_or_code(flat[CU * i], flat[CU * i + U(1)], flat[CU * i + U(2)],
+                                   lx, ly, lz, vx, vy, vz, nx, ny, nz, sy, sz)
+
+
+@numba.njit(parallel=True, cache=True)
+def _cell_keys(flat, C, lo, vs, gridf, sy, sz, keys, nchunks):
+    """Pass 1 (serial path) over ``nchunks`` chunks of points in parallel."""
+    n = keys.shape[0]
+    csz = (n + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        a = min(n, c * csz)
+        b = min(n, a + csz)
+        _keys_flat(flat[a * C:b * C], C, lo, vs, gridf, sy, sz, keys[a:b])
+
+
+@numba.njit(cache=True)
+def _number_serial(keys, tab, bits, P, lkey, lcnt, stats):
+    """Pass 2 (one thread): number the voxels in first-occurrence order and give every point its output
+    row, written over its key: ``keys[i] = voxel * P + rank``, or ``n * P`` (no row) for a point that
+    is out of range, non-finite or past ``P`` in its voxel. Returns the voxel count.
+
+    Open addressing (Fibonacci hash, linear probing) in a table of >= 2n slots, each probe's slot
+    prefetched ``_PF`` points ahead. The body is branch-free but for the rare invalid points and probe
+    collisions: whether a point opens a new voxel is a coin flip in LiDAR data (about half do), and
+    a ``select`` costs less than the mispredicted branches of "found / insert / same as last" did.
+    ``lkey`` and ``lcnt`` need ``n + 1`` entries (``lkey[nl]``, ``lcnt[nl]`` are written for every
+    point, to be kept only when it opens voxel ``nl``)."""
     U = np.uint64
     size = U(tab.shape[0])
     mask = size - U(1)
     shift = U(64 - bits)
     for s in range(size):
         tab[s, 0] = -1
-    n = U(points.shape[0])
-    C = points.shape[1]
+    n = U(keys.shape[0])
     PU = U(P)
-    dump = U(rows.shape[0] - 1)
+    none = np.int64(n * PU)
     pf = U(_PF)
-    for i in range(min(pf, n)):
-        keys[i] = _cell_key(points, i, lo, vs, nx, ny, nz, sy, sz)
     nf = 0
     oor = 0
     nl = U(0)
-    last = np.int64(-3)
-    lv = U(0)
     for i in range(n):
         if i + pf < n:
-            kp = _cell_key(points, i + pf, lo, vs, nx, ny, nz, sy, sz)
-            keys[i + pf] = kp
-            if kp >= 0:
-                _prefetch(tab, _uslot(kp, shift), 0)
+            _prefetch(tab, _uslot(keys[i + pf], shift), 0)
         k = keys[i]
-        if k < 0:
+        if k < 0:  # rare: a well-predicted branch
             nf += k == -1
             oor += k == -2
+            keys[i] = none
             continue
-        if k != last:
-            s = _uslot(k, shift)
-            while True:
-                tk = tab[s, 0]
-                if tk == k:
-                    lv = U(tab[s, 1])
-                    break
-                if tk == -1:
-                    tab[s, 0] = k
-                    tab[s, 1] = nl
-                    lkey[nl] = k
-                    lcnt[nl] = 0
-                    lv = nl
-                    nl += U(1)
-                    break
-                s = (s + U(1)) & mask
-            last = k
+        s = _uslot(k, shift)
+        tk = tab[s, 0]
+        while tk != k and tk != -1:
+            s = (s + U(1)) & mask
+            tk = tab[s, 0]
+        new = tk == -1
+        tv = U(tab[s, 1])  # loaded unconditionally, so that the select below stays a select
+        lv = nl if new else tv
+        tab[s, 0] = k
+        tab[s, 1] = lv
+        lkey[nl] = k
+        lcnt[nl] = 0
+        nl += U(new)
         c = U(lcnt[lv])
         lcnt[lv] = c + U(1)
-        row = lv * PU + c if c < PU else dump
-        if C == 4:  # constant trip counts for the usual widths let LLVM emit one vector move
-            for q in range(4):
-                rows[row, q] = points[i, q]
-        elif C == 3:
-            for q in range(3):
-                rows[row, q] = points[i, q]
-        else:
-            for q in range(C):
-                rows[row, q] = points[i, q]
+        keys[i] = np.int64(lv * PU + c) if c < PU else none
     stats[0] = nf
     stats[1] = oor
     return nl
 
 
 @numba.njit(cache=True)
-def _hard_out(rows, lkey, lcnt, grid, P, voxels, coords, num):
-    """Serial pass 3: the first ``M`` voxels of :func:`_hard_serial` into the outputs, in one stream.
-    ``rows`` / ``voxels`` are flat integer views of the float data (bitwise AND with a 0/-1 mask zeroes
-    the rows past ``num_points`` without branches, whatever garbage they hold). Returns the points kept."""
-    M = num.shape[0]
+def _place_chunk(flat, C, rows, lim, vflat, lkey, lcnt, sy, sz, P, coords, num):
+    """Pass 3 on a chunk of points (``flat``, their ``rows`` from pass 2) and a chunk of voxels
+    (``lkey``/``lcnt`` -> ``coords``/``num``): points with a row below ``lim = M * P`` are copied to it
+    in the zeroed ``vflat`` (rows are distinct, so chunks never collide). Returns the points kept."""
     U = np.uint64
-    ST = U(voxels.shape[0] // max(M, 1))  # P * C
-    C = ST // U(P)
-    sy, sz = grid[3], grid[4]
+    n = U(rows.shape[0])
+    limU = U(lim)
+    CU = U(C)
+    for i in range(n):
+        r = U(rows[i])
+        if r < limU:  # usually true: a well-predicted branch
+            if C == 4:  # constant trip counts for the usual widths: one vector move
+                for q in range(U(4)):
+                    vflat[r * U(4) + q] = flat[U(4) * i + q]
+            elif C == 3:
+                for q in range(U(3)):
+                    vflat[r * U(3) + q] = flat[U(3) * i + q]
+            else:
+                for q in range(CU):
+                    vflat[r * CU + q] = flat[CU * i + q]
     mx = (np.int64(1) << sy) - 1
     my = (np.int64(1) << (sz - sy)) - 1
     kept = 0
-    for g in range(U(M)):
+    for g in range(U(num.shape[0])):
         m = min(lcnt[g], P)
-        lim = U(m) * C
-        b = g * ST
-        for j in range(ST):
-            voxels[b + j] = rows[b + j] & -np.int64(j < lim)
         key = lkey[g]
         coords[g, 0] = key >> sz
         coords[g, 1] = (key >> sy) & my
         coords[g, 2] = key & mx
         num[g] = m
         kept += m
+    return kept
+
+
+@numba.njit(parallel=True, cache=True)
+def _place(flat, C, rows, lim, vflat, lkey, lcnt, sy, sz, P, coords, num, nchunks):
+    """Pass 3 in ``nchunks`` parallel chunks of points and of voxels; returns the points kept."""
+    n = rows.shape[0]
+    M = num.shape[0]
+    csz = (n + nchunks - 1) // nchunks
+    vsz = (M + nchunks - 1) // nchunks
+    kept = 0
+    for c in prange(nchunks):
+        a = min(n, c * csz)
+        b = min(n, a + csz)
+        ga = min(M, c * vsz)
+        gb = min(M, ga + vsz)
+        kept += _place_chunk(flat[a * C:b * C], C, rows[a:b], lim, vflat, lkey[ga:gb], lcnt[ga:gb], sy, sz, P,
+                             coords[ga:gb], num[ga:gb])
     return kept
 
 
@@ -671,12 +732,47 @@ _SERIAL_MAX = 1 << 19  # up to this many points one thread beats the partitioned
 
 
 @functools.lru_cache(maxsize=64)
-def _geometry_arrays(vs, lo, grid, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lo, vs) in the points' dtype and :func:`_grid_array`, cached: a call then costs no array setup."""
-    arrs = np.asarray(lo, dtype), np.asarray(vs, dtype), _grid_array(grid)
+def _geometry_arrays(vs, lo, grid, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, vs, grid sizes) in the points' dtype and :func:`_grid_array`, cached: a call then costs no
+    array setup."""
+    arrs = np.asarray(lo, dtype), np.asarray(vs, dtype), np.asarray(grid, dtype), _grid_array(grid)
     for a in arrs:
         a.flags.writeable = False
     return arrs
+
+
+def _voxelize_serial(pts: np.ndarray, lo_a, vs_a, gridf, grid_a, P: int, max_voxels: int, T: int):
+    """The kernel of up to ``_SERIAL_MAX`` points: passes 1 and 3 split over ``T`` threads, pass 2 serial."""
+    n, C = pts.shape
+    ws = _workspace
+    flat = pts.reshape(-1)
+    sy, sz = int(grid_a[3]), int(grid_a[4])
+    keys = ws.get("keys", (n,), np.int64)
+    if T > 1:
+        _cell_keys(flat, C, lo_a, vs_a, gridf, sy, sz, keys, T)
+    elif n:
+        _keys_flat(flat, C, lo_a, vs_a, gridf, sy, sz, keys)
+    stats = np.zeros(2, np.int64)
+    bits = max(4, int(2 * n - 1).bit_length())  # 2^bits >= 2n: load factor <= 1/2
+    tab_dt = np.int32 if grid_a[5] <= 30 else np.int64
+    table = ws.get("table_" + np.dtype(tab_dt).name, (1 << bits, 2), tab_dt)
+    lkey = ws.get("lkey", (n + 1,), np.int64)
+    lcnt = ws.get("lcnt", (n + 1,), np.int32)
+    total = int(_number_serial(keys, table, bits, P, lkey, lcnt, stats)) if n else 0
+    M = total if max_voxels < 0 else min(total, max_voxels)
+    # zeroed output (a memset is cheaper than zeroing each voxel's unused rows), exact size
+    voxels = torch.zeros((M, P, C), dtype=_TORCH_DTYPE[pts.dtype.name])
+    coords = torch.empty((M, 3), dtype=torch.int32)
+    num = torch.empty((M,), dtype=torch.int32)
+    kept = 0
+    if M:
+        kept = int(_place(flat, C, keys, M * P, voxels.numpy().reshape(-1), lkey, lcnt, sy, sz, P, coords.numpy(),
+                          num.numpy(), T))
+    nvalid = n - int(stats[0]) - int(stats[1])
+    return voxels, coords, num, (int(stats[0]), int(stats[1]), nvalid - kept)
+
+
+_TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _voxelize_cpu(x: torch.Tensor, vs, lo, grid, P: int, max_voxels: int):
@@ -684,29 +780,12 @@ def _voxelize_cpu(x: torch.Tensor, vs, lo, grid, P: int, max_voxels: int):
     n, C = x.shape
     ws = _workspace
     pts = x.numpy()
-    lo_a, vs_a, grid_a = _geometry_arrays(tuple(vs), tuple(lo), tuple(grid), pts.dtype)
+    lo_a, vs_a, gridf, grid_a = _geometry_arrays(tuple(vs), tuple(lo), tuple(grid), pts.dtype)
     T = _nthreads()
+    if T == 1 or n <= _SERIAL_MAX:
+        return _voxelize_serial(pts, lo_a, vs_a, gridf, grid_a, P, max_voxels, T)
     tab_dt = np.int32 if grid_a[5] <= 30 else np.int64
     keys = ws.get("keys", (n,), np.int64)
-    if T == 1 or n <= _SERIAL_MAX:  # passes 1 + 2 fused, points copied in place; pass 3 streams them out
-        stats = np.zeros(2, np.int64)
-        bits = max(4, int(2 * n - 1).bit_length())  # 2^bits >= 2n: load factor <= 1/2
-        table = ws.get("table_" + np.dtype(tab_dt).name, (1 << bits, 2), tab_dt)
-        rows = ws.get("rows_" + pts.dtype.name, (n * P + 1, C), pts.dtype)
-        lkey = ws.get("lkey", (n,), np.int64)
-        lcnt = ws.get("lcnt", (n,), np.int32)
-        total = int(_hard_serial(pts, lo_a, vs_a, grid_a, keys, table, bits, P, rows, lkey, lcnt, stats)) if n else 0
-        M = total if max_voxels < 0 else min(total, max_voxels)
-        voxels = torch.empty((M, P, C), dtype=x.dtype)
-        coords = torch.empty((M, 3), dtype=torch.int32)
-        num = torch.empty((M,), dtype=torch.int32)
-        kept = 0
-        if M:
-            iv = np.int32 if pts.dtype.itemsize == 4 else np.int64  # bit patterns, see _hard_out
-            kept = int(_hard_out(rows.reshape(-1).view(iv), lkey, lcnt, grid_a, P, voxels.numpy().reshape(-1).view(iv),
-                                 coords.numpy(), num.numpy()))
-        nvalid = n - int(stats[0]) - int(stats[1])
-        return voxels, coords, num, (int(stats[0]), int(stats[1]), nvalid - kept)
     stats = np.zeros((T, 2), np.int64)
     nlocal = np.zeros(T, np.int64)
     csz = (n + T - 1) // T  # point chunk per thread (passes 1 and 2 agree on it)
