@@ -27,13 +27,14 @@ def _model(path: str):
     return kind(**kw).eval(), kw
 
 
-def rows(repeats: int, threads=(1, 2)) -> list[dict]:
+def rows(repeats: int, threads=(1, 2), configs: dict[str, str] = CONFIGS,
+         cache_dir: str | None = "work_dirs/sim_cache") -> list[dict]:
     from perception.data.dataset import SimDataset
     from tools.bench.common import op_row
 
-    sample = SimDataset(seeds=[1000], frames=6, sweeps=3, cache_dir="work_dirs/sim_cache")[5]
+    sample = SimDataset(seeds=[1000], frames=6, sweeps=3, cache_dir=cache_dir)[5]
     out = []
-    for size, path in CONFIGS.items():
+    for size, path in configs.items():
         model, kw = _model(path)
         data = model.data_preprocessor([sample], False)
         inputs = data["inputs"]
