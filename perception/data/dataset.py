@@ -59,11 +59,15 @@ class SimDataset(Dataset):
     into the current LiDAR frame through the ego poses, each with its own timestamp), as the mmdet3d
     reader does for nuScenes/Waymo sweeps. The first frames of a sequence have fewer (frame ``k`` has
     ``min(k, n)``): there is nothing earlier, and multi-frame models must cope with that.
+
+    ``planning_scenes=True`` puts each frame's :class:`~perception.eval.pdms.PlanningScene` (agents
+    over the next 4.9 s, drivable area, route, expert future) in ``Targets.meta["planning_scene"]`` for
+    the PDM score; it is cached beside the rendering.
     """
 
     def __init__(self, seeds: Sequence[int] = (0, 1), frames: int = 8, lidar: str = "hdl64",
                  render_cameras: bool = False, rigs: Sequence[str] = ("navsim",), cache: bool = True,
-                 sweeps: int = 0, cache_dir: str | Path | None = None) -> None:
+                 sweeps: int = 0, cache_dir: str | Path | None = None, planning_scenes: bool = False) -> None:
         from perception.sim.scene import SimConfig
         from perception.sim.world import BOX_CLASSES
 
@@ -76,6 +80,7 @@ class SimDataset(Dataset):
         if sweeps < 0:
             raise ValueError(f"SimDataset: sweeps must be >= 0, got {sweeps}")
         self.sweeps = int(sweeps)
+        self.planning_scenes = bool(planning_scenes)
         self.cache_dir = None
         if cache_dir is not None:
             key = hashlib.sha1(repr(self.config).encode()).hexdigest()[:12]
@@ -93,9 +98,33 @@ class SimDataset(Dataset):
             raise IndexError(f"SimDataset: index {i} out of range for {len(self)} samples")
         sample = self._render(i)
         k = i % self.frames
+        if self.planning_scenes:
+            meta = {**sample.targets.meta, "planning_scene": self._scene(i)}
+            sample = replace(sample, targets=replace(sample.targets, meta=meta))
         if not self.sweeps or k == 0:
             return sample
         return with_sweeps(sample, [self._render(i - j).frame for j in range(1, min(k, self.sweeps) + 1)])
+
+    def _sequence(self, seed: int):
+        from perception.sim.scene import SimSequence
+
+        if seed not in self._sequences:
+            self._sequences = {seed: SimSequence(seed, self.config)}  # one world at a time: they are large
+        return self._sequences[seed]
+
+    def _scene(self, i: int):
+        """Frame ``i``'s planning scene (cached on disk beside the rendering when ``cache_dir``)."""
+        from perception.eval.pdms import PlanningScene
+        from perception.sim.planning import planning_scene
+
+        seed, k = self.seeds[i // self.frames], i % self.frames
+        path = self.cache_dir / f"{seed:06d}_{k:04d}.scene.pkl" if self.cache_dir is not None else None
+        scene = _read_cached(path, PlanningScene) if path is not None else None
+        if scene is None:
+            scene = planning_scene(self._sequence(seed), k)
+            if path is not None:
+                _write_cached(path, scene)
+        return scene
 
     def _render(self, i: int) -> Sample:
         """Frame ``i`` without sweeps (cached when ``cache``)."""
@@ -103,24 +132,24 @@ class SimDataset(Dataset):
             return self._samples[i]
         seed, k = self.seeds[i // self.frames], i % self.frames
         path = self.cache_dir / f"{seed:06d}_{k:04d}.pkl" if self.cache_dir is not None else None
-        sample = _read_cached(path) if path is not None else None
+        sample = _read_cached(path, Sample) if path is not None else None
         if sample is None:
-            from perception.sim.scene import SimSequence
-
-            if seed not in self._sequences:
-                self._sequences[seed] = SimSequence(seed, self.config)
-            sample = self._sequences[seed][k]
+            sample = self._sequence(seed)[k]
             if path is not None:
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(pickle.dumps(sample, protocol=5))
-                os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
+                _write_cached(path, sample)
         if self.cache:
             self._samples[i] = sample
         return sample
 
 
-def _read_cached(path: Path) -> Sample | None:
-    """A cached rendering, or None when absent or unreadable (then it is rendered again and rewritten)."""
+def _write_cached(path: Path, obj) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(pickle.dumps(obj, protocol=5))
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
+
+
+def _read_cached(path: Path, kind: type):
+    """A cached object of type ``kind``, or None when absent or unreadable (then it is made again and rewritten)."""
     try:
         sample = pickle.loads(path.read_bytes())
     except FileNotFoundError:
@@ -128,7 +157,7 @@ def _read_cached(path: Path) -> Sample | None:
     except Exception as e:  # truncated or from another version: say so, render again
         warnings.warn(f"SimDataset: ignoring unreadable cache file {path} ({type(e).__name__}: {e})", stacklevel=3)
         return None
-    return sample if isinstance(sample, Sample) else None
+    return sample if isinstance(sample, kind) else None
 
 
 def with_sweeps(sample: Sample, past: Sequence[Frame]) -> Sample:

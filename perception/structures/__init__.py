@@ -5,10 +5,11 @@ from perception.structures.boxes import Boxes3D, Detections
 from perception.structures.calibration import Calibration
 from perception.structures.depth import DepthMap
 from perception.structures.frame import Frame, Sample, Targets
+from perception.structures.gaussians import BevGaussians, PlanningOutput
 from perception.structures.pose import EgoPose, Plan, Trajectory
 from perception.structures.sensors import CameraImage, PointCloud
 
 __all__ = [
-    "Boxes3D", "Calibration", "CameraImage", "CameraModel", "DepthMap", "Detections", "EgoPose",
-    "Frame", "Plan", "PointCloud", "SE3", "Sample", "Targets", "Trajectory",
+    "BevGaussians", "Boxes3D", "Calibration", "CameraImage", "CameraModel", "DepthMap", "Detections", "EgoPose",
+    "Frame", "Plan", "PlanningOutput", "PointCloud", "SE3", "Sample", "Targets", "Trajectory",
 ]
