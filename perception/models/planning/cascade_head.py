@@ -106,7 +106,7 @@ class CascadePlanningHead(nn.Module):
     """``stages`` cascade stages over ``anchors [K, T, 3]`` (a buffer: saved with the checkpoint)."""
 
     def __init__(self, anchors: np.ndarray | None = None, num_anchors: int = 20, steps: int = 8, dim: int = 128,
-                 heads: int = 4, stages: int = 2, knn: int = 16, status_dim: int = 7, agent_dim: int = 8,
+                 heads: int = 4, stages: int = 2, knn: int = 16, status_dim: int = 8, agent_dim: int = 8,
                  xy_scale: float = 32.0, heading_weight: float = 1.0) -> None:
         super().__init__()
         if anchors is None:  # filled from a checkpoint

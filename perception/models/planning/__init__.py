@@ -1,0 +1,1 @@
+"""Planning heads and baselines: GaussianFusion's cascade head, constant velocity, ego-status MLP."""
