@@ -365,14 +365,16 @@ class SimReader(Reader):
                 if (img.shape[1], img.shape[0]) != (model.width, model.height):
                     raise DataError(path, f"image is {img.shape[1]}x{img.shape[0]}, its camera model {model.width}x{model.height}")
                 images[cam] = CameraImage(img, model, t, cam)
+        targets = self._targets(seq_dir, files, t, kinds)
         frame = Frame(
             token=token, timestamp=t, calib=calib,
             lidar={LIDAR: PointCloud(points, LIDAR_FIELDS, t, LIDAR)},
             cameras=images, ego_pose=EgoPose(t, pose), missing=tuple(missing), source="sim",
             meta={"sequence": self._meta[name]["seed"], "index": int(entry.get("index", k)),
-                  "layout": self._meta[name]["layout"], **odometry, "paths": paths, "root": str(self.root)},
+                  "layout": self._meta[name]["layout"], **odometry, "driving_command": targets.driving_command,
+                  "paths": paths, "root": str(self.root)},  # the route's command, an input (as SimSequence's)
         )
-        return Sample(frame, self._targets(seq_dir, files, t, kinds))
+        return Sample(frame, targets)
 
     def _targets(self, seq_dir: Path, files: Mapping[str, Any], t: float, kinds: Mapping[str, str]) -> Targets:
         lab = read_labels(seq_dir / files["labels"], self.box_classes)

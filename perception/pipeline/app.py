@@ -2,7 +2,8 @@
 
 ``run_pipeline`` is what ``tools/demo.py`` runs: the same stages in process (``workers=0``) or one
 Ray actor per stage (``workers>=1``, :mod:`perception.pipeline.ray_stream`): one for the LiDAR
-rig and one per camera, side by side on each frame, then one per model. The synchronizer runs
+rig and one per camera, side by side on each frame, then one per model, chained (a detector, then
+a planner that takes the detector's boxes: :class:`ModelStage`). The synchronizer runs
 in the driver (it owns the sensor-message stream); ground truth, which must never reach a model,
 stays in the driver too and is joined back to each frame's prediction by token for the sinks.
 """
@@ -25,7 +26,11 @@ from perception.structures import Sample, Targets
 
 ROOT = Path(__file__).resolve().parents[2]
 # MSF (4 frames; the model stage keeps the earlier ones), trained on the synthetic world (README: "MSF")
-DEFAULT_MODELS = ((ROOT / "configs/msf/msf_sim_cpu.py", ROOT / "checkpoints/msf_sim_cpu.safetensors"),)
+DETECTOR = (ROOT / "configs/msf/msf_sim_cpu.py", ROOT / "checkpoints/msf_sim_cpu.safetensors")
+# GaussianFusion, planning from the 3 front cameras, the LiDAR and MSF's boxes (the model stage chains them)
+PLANNER = (ROOT / "configs/gaussian_fusion/gaussian_fusion_sim_cpu.py",
+           ROOT / "checkpoints/gaussian_fusion_sim_cpu.safetensors")
+DEFAULT_MODELS = (DETECTOR,)
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,8 @@ def stage_factories(cfg: PipelineConfig, cameras: tuple[str, ...]) -> tuple[list
     """Zero-argument factories (an actor builds its own stage), their names, and the chain's groups.
 
     The LiDAR stage (all of the rig's LiDARs, merged in one place) and one stage per camera work
-    side by side on each frame; the models get their outputs merged, one after another.
+    side by side on each frame; the models get their outputs merged, one after another, each model
+    stage passing the frame on to the next (:class:`ModelStage`: detector, then planner).
     """
     factories = [functools.partial(LidarPreprocess, LidarConfig(grid=cfg.grid, num_sweeps=cfg.num_sweeps))]
     names = ["lidar_preprocess"]
@@ -52,9 +58,9 @@ def stage_factories(cfg: PipelineConfig, cameras: tuple[str, ...]) -> tuple[list
         factories.append(functools.partial(CameraPreprocess, CameraConfig(size=cfg.camera_size), (cam,)))
         names.append(f"camera:{cam}")
     groups = [list(range(len(factories)))]
-    for config, ckpt in cfg.models:
+    for i, (config, ckpt) in enumerate(cfg.models):
         groups.append([len(factories)])
-        factories.append(functools.partial(ModelStage, str(config), str(ckpt)))
+        factories.append(functools.partial(ModelStage, str(config), str(ckpt), carry=i < len(cfg.models) - 1))
         names.append(f"model:{Path(config).stem}")
     return factories, names, groups
 

@@ -11,29 +11,48 @@ a live stream does not, so the stage keeps the last frames it saw and attaches t
 (:func:`perception.data.dataset.with_sweeps`, aligned through the ego poses) when a frame comes
 without sweeps. A frame older than the last one, or a jump of more than ``max_gap`` seconds, starts
 the history afresh (counted in ``history_resets``): stale or reordered sweeps never reach a model.
-Weight paths a config uses only to initialise training (``rpn_checkpoint``) are dropped here: the
-checkpoint given holds every weight.
+Weight paths a config uses only to initialise training (``rpn_checkpoint``) and a planner's anchor
+recipe (``anchors``, a k-means over a dataset) are dropped here: the checkpoint given holds every
+weight and buffer.
+
+Model stages chain. A model with a ``plan`` method (GaussianFusion) is a planner, any other a
+detector. Every prediction carries its stage's input frame (``FramePrediction.carried``, left out of
+equality and repr, ignored by the sinks), so the next model stage runs on that frame: a planner after
+a detector gets the detector's boxes as agent tokens (``detections=``) and returns one merged
+prediction (the detector's boxes, its own plan, ``model="MSF+GaussianFusion"``). A planner's driving
+command is an input, read from ``frame.meta["driving_command"]`` (None: unknown), as NAVSIM hands it
+to its agents; ground truth never reaches a model.
 """
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from perception.structures import Detections, Frame, Sample
+from perception.structures import Detections, Frame, PlanningOutput, Sample
+
+# anchors=dict(dataset=...) would run a k-means over a dataset; the checkpoint has them
+INIT_ONLY_KEYS = ("rpn_checkpoint", "anchors")
 
 
 @dataclass(frozen=True)
 class FramePrediction:
-    """A model's output for one frame: ``detections`` in the ego frame at ``timestamp``."""
+    """The models' output for one frame, in the ego frame at ``timestamp``.
+
+    ``detections`` from a detector (None when none ran), ``plan`` from a planner (None when none ran);
+    ``model`` names the models, in chain order (``"MSF+GaussianFusion"``). ``carried`` is the frame the
+    models ran on, for a following model stage (None after the last one): not compared, not shown.
+    """
 
     token: str
     timestamp: float
     model: str
-    detections: Detections
+    detections: Detections | None = None
+    plan: PlanningOutput | None = None
+    carried: Frame | None = field(default=None, compare=False, repr=False)
 
 
 def build_model(cfg_model: dict) -> torch.nn.Module:
@@ -46,25 +65,31 @@ def build_model(cfg_model: dict) -> torch.nn.Module:
 
 
 def _frame(item: Any) -> Frame:
-    frame = getattr(item, "frame", item)
+    frame = item.carried if isinstance(item, FramePrediction) else getattr(item, "frame", item)
     if not isinstance(frame, Frame):
-        raise TypeError(f"ModelStage: expected a Frame or an item with .frame, got {type(item).__name__}")
+        raise TypeError(f"ModelStage: expected a Frame, an item with .frame or a FramePrediction carrying its "
+                        f"frame, got {type(item).__name__}" + (" without one" if isinstance(item, FramePrediction) else ""))
     return frame
 
 
 class ModelStage:
-    """``predict(frames)`` / ``__call__(item)`` for the model of ``config`` with the weights in ``checkpoint``."""
+    """``predict(frames)`` / ``__call__(item)`` for the model of ``config`` with the weights in ``checkpoint``.
+
+    ``carry``: whether predictions carry their frame on to a following model stage (the last model
+    stage of a chain sets it False, so the frame does not travel back to the driver).
+    """
 
     def __init__(self, config: str | Path, checkpoint: str | Path, device: str = "cpu", unsafe_load: bool = False,
-                 max_gap: float = 0.5) -> None:
+                 max_gap: float = 0.5, carry: bool = True) -> None:
         from mmengine.config import Config
 
         from perception.engine.checkpoint import CheckpointError, load_checkpoint, state_dict_shape_mismatches
 
         cfg = Config.fromfile(str(config))
         spec = dict(cfg.model)
-        if "rpn_checkpoint" in spec:
-            spec["rpn_checkpoint"] = None
+        for key in INIT_ONLY_KEYS:
+            if key in spec:
+                spec[key] = None
         self.model = build_model(spec)
         state = load_checkpoint(checkpoint, trust=unsafe_load)
         state = {k.removeprefix("module."): v for k, v in state.get("state_dict", state).items()}
@@ -76,6 +101,8 @@ class ModelStage:
             raise CheckpointError(f"{checkpoint}: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
         self.model.to(device).eval()
         self.name = f"model:{type(self.model).__name__}"
+        self.is_planner = callable(getattr(self.model, "plan", None))
+        self.carry = bool(carry)
         pre = self.model.data_preprocessor
         self.num_history = max(getattr(pre, "sweeps", 0), getattr(pre, "history", 1) - 1)
         self.max_gap = float(max_gap)
@@ -96,11 +123,30 @@ class ModelStage:
         return with_sweeps(Sample(frame), past).frame if past else frame
 
     @torch.no_grad()
-    def predict(self, frames: Sequence[Frame]) -> list[FramePrediction]:
-        frames = [self._with_history(f) for f in frames]
-        data = self.model.data_preprocessor([Sample(f) for f in frames])
+    def predict(self, frames: Sequence[Frame], detections: Sequence[Detections | None] | None = None
+                ) -> list[FramePrediction]:
+        """One prediction per frame. ``detections``: a detector's boxes per frame, a planner's agent tokens."""
+        name = type(self.model).__name__
+        kept = [f if self.carry else None for f in frames]
+        if self.is_planner:
+            commands = [f.meta.get("driving_command") for f in frames]
+            plans = self.model.plan(frames, commands, detections=detections)
+            dets = detections if detections is not None else [None] * len(frames)
+            return [FramePrediction(f.token, f.timestamp, name, d, p, c) for f, d, p, c in zip(frames, dets, plans, kept)]
+        if detections is not None:
+            raise ValueError(f"ModelStage({name}): a detector takes no detections")
+        data = self.model.data_preprocessor([Sample(self._with_history(f)) for f in frames])
         dets = self.model(**data, mode="predict")
-        return [FramePrediction(f.token, f.timestamp, type(self.model).__name__, d) for f, d in zip(frames, dets)]
+        return [FramePrediction(f.token, f.timestamp, name, d, None, c) for f, d, c in zip(frames, dets, kept)]
 
     def __call__(self, item: Any) -> FramePrediction:
-        return self.predict([_frame(item)])[0]
+        """A frame-bearing item → this model's prediction; a ``FramePrediction`` → the chain's merged one."""
+        frame = _frame(item)
+        if not isinstance(item, FramePrediction):
+            return self.predict([frame])[0]
+        if item.plan is not None or (item.detections is not None and not self.is_planner):
+            raise ValueError(f"ModelStage({type(self.model).__name__}) after {item.model}: its output would replace "
+                             f"the earlier {'plan' if item.plan is not None else 'detections'}")
+        pred = self.predict([frame], [item.detections] if self.is_planner else None)[0]
+        return replace(pred, model=f"{item.model}+{pred.model}",
+                       detections=pred.detections if pred.detections is not None else item.detections)

@@ -8,8 +8,9 @@ file that looks complete. Used as a context manager, a sink closes on success an
 unfinished output on an exception.
 
 * :class:`PredictionTable` -- parquet, one row per box, plus a frames table with one row per frame
-  (so a frame with no detections is still in the output: nothing is silently dropped);
-* :class:`PngSink` -- BEV PNGs (points + predicted boxes with scores) named by frame token;
+  (so a frame with no detections is still in the output: nothing is silently dropped) that also
+  holds each frame's plan;
+* :class:`PngSink` -- BEV PNGs (points, predicted boxes with scores, Gaussians, the plan) named by frame token;
 * :class:`McapSink` -- an MCAP file for Foxglove Studio (:class:`~perception.viz.mcap_writer.McapWriter`);
 * :class:`MultiSink` -- several sinks at once.
 """
@@ -93,7 +94,8 @@ class Sink:
 
 BOX_COLUMNS = ("frame_index", "token", "timestamp", "model", "box_index", "label", "class", "score",
                "x", "y", "z", "dx", "dy", "dz", "yaw", "vx", "vy")
-FRAME_COLUMNS = ("frame_index", "token", "timestamp", "model", "has_prediction", "num_boxes")
+FRAME_COLUMNS = ("frame_index", "token", "timestamp", "model", "has_prediction", "has_detections", "num_boxes",
+                 "has_plan", "plan_poses", "plan_times", "plan_candidate_scores", "plan_missing", "num_gaussians")
 
 
 def _box_schema():
@@ -108,8 +110,12 @@ def _box_schema():
 def _frame_schema():
     import pyarrow as pa
 
-    return pa.schema([("frame_index", pa.int64()), ("token", pa.string()), ("timestamp", pa.float64()),
-                      ("model", pa.string()), ("has_prediction", pa.bool_()), ("num_boxes", pa.int32())])
+    f64 = pa.float64()
+    return pa.schema([("frame_index", pa.int64()), ("token", pa.string()), ("timestamp", f64),
+                      ("model", pa.string()), ("has_prediction", pa.bool_()), ("has_detections", pa.bool_()),
+                      ("num_boxes", pa.int32()), ("has_plan", pa.bool_()), ("plan_poses", pa.list_(pa.list_(f64, 3))),
+                      ("plan_times", pa.list_(f64)), ("plan_candidate_scores", pa.list_(pa.float32())),
+                      ("plan_missing", pa.list_(pa.string())), ("num_gaussians", pa.int32())])
 
 
 class PredictionTable(Sink):
@@ -117,8 +123,11 @@ class PredictionTable(Sink):
 
     Box rows: ``frame_index, token, timestamp, model, box_index, label, class, score, x, y, z, dx, dy,
     dz, yaw, vx, vy`` (ego frame, mmdet3d LiDAR convention: bottom centre; ``vx, vy`` NaN for 7-dim
-    boxes). Frame rows: ``frame_index, token, timestamp, model, has_prediction, num_boxes`` -- every
-    frame the sink saw, including those with zero boxes or no prediction. ``frames_path`` defaults to
+    boxes). Frame rows: ``frame_index, token, timestamp, model, has_prediction, has_detections, num_boxes``
+    -- every frame the sink saw, including those with zero boxes or no prediction -- and a planner's
+    output: ``has_plan``, ``plan_poses [T][3]`` (x, y, heading; ego frame), ``plan_times [T]`` (s ahead),
+    ``plan_candidate_scores [K]``, ``plan_missing`` (the sensors it planned without) and
+    ``num_gaussians`` (null without a plan / Gaussians). ``frames_path`` defaults to
     ``<stem>_frames.parquet`` next to ``path``. Both are written on ``close()``, atomically.
     """
 
@@ -139,8 +148,16 @@ class PredictionTable(Sink):
         frame, pred = it.frame, it.prediction
         index = len(self._frames["token"])
         model = pred.model if pred is not None else None
-        n = len(pred.detections) if pred is not None else 0
-        for k, v in zip(FRAME_COLUMNS, (index, frame.token, frame.timestamp, model, pred is not None, n)):
+        dets = pred.detections if pred is not None else None
+        out = pred.plan if pred is not None else None
+        n = len(dets) if dets is not None else 0
+        plan = out.plan if out is not None else None
+        row = (index, frame.token, frame.timestamp, model, pred is not None, dets is not None, n, out is not None,
+               plan.trajectory.poses.tolist() if plan else None, plan.trajectory.timestamps.tolist() if plan else None,
+               np.asarray(plan.scores).tolist() if plan and plan.scores is not None else None,
+               list(out.missing) if out else None,
+               len(out.gaussians) if out and out.gaussians is not None else None)
+        for k, v in zip(FRAME_COLUMNS, row):
             self._frames[k].append(v)
         if n == 0:
             return
@@ -175,13 +192,14 @@ class PredictionTable(Sink):
             self._write(self._frames, _frame_schema(), self.frames_path)
             nb = self._frames["num_boxes"]
             self._result = {"path": str(self.path), "frames_path": str(self.frames_path), "frames": len(nb),
-                            "boxes": len(self._boxes["token"]), "frames_without_boxes": sum(1 for n in nb if n == 0)}
+                            "boxes": len(self._boxes["token"]), "frames_without_boxes": sum(1 for n in nb if n == 0),
+                            "plans": sum(self._frames["has_plan"])}
         return self._result
 
     def abort(self) -> None:
         if self._result is None:
             self._result = {"path": None, "frames_path": None, "frames": len(self._frames["token"]),
-                            "boxes": len(self._boxes["token"]), "aborted": True}
+                            "boxes": len(self._boxes["token"]), "plans": sum(self._frames["has_plan"]), "aborted": True}
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,7 +216,8 @@ def safe_name(token: str) -> str:
 
 
 class PngSink(Sink):
-    """BEV PNGs (``perception.viz.bev.render_bev``: ego-frame points, predicted boxes, scores) in ``dir``.
+    """BEV PNGs (``perception.viz.bev.render_bev``: ego-frame points, predicted boxes, scores, a planner's
+    Gaussians and plan) in ``dir``.
 
     One ``<token>.png`` every ``every`` frames (frame 0, every, 2*every, ...); tokens are made file-safe
     with :func:`safe_name`, and a name already written in this run gets ``-<frame_index>`` appended.
@@ -230,8 +249,11 @@ class PngSink(Sink):
         frame, pred = it.frame, it.prediction
         points = frame.points_in_ego() if frame.lidar else np.zeros((0, 3), np.float32)  # [N, C]
         dets = pred.detections if pred is not None else None
+        out = pred.plan if pred is not None else None
         img = render_bev(points, dets.boxes if dets is not None else None,
-                         scores=dets.scores if dets is not None else None, **self.render_kwargs)  # [H, W, 3]
+                         scores=dets.scores if dets is not None else None,
+                         gaussians=out.gaussians if out is not None else None,
+                         plan=out.plan if out is not None else None, **self.render_kwargs)  # [H, W, 3]
         name = safe_name(frame.token)
         if name in self._names:
             name = f"{name}-{index}"
@@ -261,8 +283,9 @@ class PngSink(Sink):
 class McapSink(Sink):
     """Every frame into one MCAP file for Foxglove Studio (see :mod:`perception.viz.mcap_writer`).
 
-    Writes the frame's points, cameras and ego pose, the prediction's boxes on ``/detections`` and,
-    when the item has ground truth, its boxes on ``/ground_truth``.
+    Writes the frame's points, cameras and ego pose, the prediction's boxes on ``/detections``, its plan
+    on ``/plan`` and Gaussians on ``/gaussians`` and, when the item has ground truth, its boxes on
+    ``/ground_truth``.
     """
 
     def __init__(self, path: str | Path, **writer_kwargs: Any) -> None:
@@ -275,7 +298,8 @@ class McapSink(Sink):
         pred = it.prediction
         self.writer.write_frame(it.frame, pred.detections if pred is not None else None,
                                 it.targets.boxes if it.targets is not None else None,
-                                model=pred.model if pred is not None else "")
+                                model=pred.model if pred is not None else "",
+                                plan=pred.plan if pred is not None else None)
 
     def close(self) -> dict[str, Any]:
         return self.writer.close()

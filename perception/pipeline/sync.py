@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -30,13 +30,16 @@ EGO_POSE = "ego_pose"
 class SensorMessage:
     """One timestamped message of ``sensor`` (a calibration sensor name, or ``"ego_pose"`` for poses).
 
-    ``token`` (optional) names the frame a reference sweep starts; the synchronizer makes it the Frame's token.
+    ``token`` (optional) names the frame a reference sweep starts; the synchronizer makes it the Frame's
+    token. ``meta`` (optional, a reference sweep's) becomes the Frame's ``meta``: what the car knows
+    beside its sensors (odometry, the driving command).
     """
 
     sensor: str
     timestamp: float
     payload: PointCloud | CameraImage | EgoPose
     token: str = ""
+    meta: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.timestamp):
@@ -168,7 +171,7 @@ class Synchronizer:
         self.stats.frames += 1
         self._prune(t)
         return Frame(token=ref.token or f"{self.source}_{t:.6f}", timestamp=t, calib=self.calib, lidar=lidar,
-                     cameras=cameras, ego_pose=pose, missing=tuple(missing), source=self.source)
+                     cameras=cameras, ego_pose=pose, missing=tuple(missing), source=self.source, meta=ref.meta)
 
     def _pose_at(self, t: float) -> EgoPose | None:
         """The ego pose at ``t``: an exact pose message, or slerp/lerp between the bracketing two."""
@@ -204,13 +207,13 @@ class Synchronizer:
 
 def sample_messages(samples: Iterable[Sample], with_cameras: bool = True) -> Iterator[SensorMessage]:
     """The sensor-message stream of a sequence of samples (a ``SimSequence``, a reader): per sample, the
-    ego pose, every LiDAR sweep (carrying the frame's token) and every camera image, in that order."""
+    ego pose, every LiDAR sweep (carrying the frame's token and meta) and every camera image, in that order."""
     for sample in samples:
         f = sample.frame
         if f.ego_pose is not None:
             yield SensorMessage(EGO_POSE, f.ego_pose.timestamp, f.ego_pose)
         for name, cloud in f.lidar.items():
-            yield SensorMessage(name, cloud.timestamp, cloud, token=f.token)
+            yield SensorMessage(name, cloud.timestamp, cloud, token=f.token, meta=f.meta)
         if with_cameras:
             for name, img in f.cameras.items():
                 yield SensorMessage(name, img.timestamp, img)

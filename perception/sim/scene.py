@@ -135,15 +135,17 @@ class SimSequence:
                 for i, c in zip(ids, counts):
                     cam_pixels[int(i)] = cam_pixels.get(int(i), 0) + int(c)
         state = self.ego_states[k]
+        targets = self._targets(t, ego_from_world, obj_row, cam_pixels, depth, semantic)
         frame = Frame(
             token=token, timestamp=t, calib=self.calib,
             lidar={LIDAR: PointCloud(pts, LIDAR_FIELDS, t, LIDAR)},
             cameras=images, ego_pose=EgoPose(t, SE3(world_from_ego)), source="sim",
             meta={"sequence": self.seed, "index": k, "layout": self.world.layout,
                   # odometry, as a car knows it (NAVSIM's ego status): speed, acceleration, yaw rate
-                  "ego_speed": float(state[3]), "ego_acceleration": float(state[4]), "ego_yaw_rate": float(state[5])},
+                  "ego_speed": float(state[3]), "ego_acceleration": float(state[4]), "ego_yaw_rate": float(state[5]),
+                  "driving_command": targets.driving_command},  # the route's command, an input as in NAVSIM
         )
-        return Sample(frame, self._targets(t, ego_from_world, obj_row, cam_pixels, depth, semantic))
+        return Sample(frame, targets)
 
     def _targets(self, t, ego_from_world, obj_row, cam_pixels, depth, semantic) -> Targets:
         boxes_w, cls, ids, rows = self.world.objects_at(t)

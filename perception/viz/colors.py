@@ -10,7 +10,12 @@ CLASS_COLORS = {
     "truck": (255, 99, 71), "bus": (255, 69, 0), "trailer": (255, 140, 0),
     "Truck": (255, 99, 71), "Van": (255, 200, 80), "Tram": (180, 120, 60), "Person_sitting": (0, 150, 200),
     "construction_vehicle": (233, 150, 70), "barrier": (112, 128, 144), "traffic_cone": (47, 79, 79),
+    # BEV map classes (GaussianFusion's Gaussians; vehicle and pedestrian above)
+    "background": (70, 70, 70), "road": (120, 120, 160), "walkway": (80, 160, 120), "centerline": (240, 230, 80),
+    "static_object": (170, 110, 70),
 }
+PLAN_COLOR = (60, 255, 120)  # a planner's chosen trajectory
+CANDIDATE_COLOR = (150, 150, 150)  # its other scored candidates
 DEFAULT_COLOR = (200, 200, 200)
 
 

@@ -10,6 +10,11 @@ topic               schema                     content
 ``/lidar``          ``foxglove.PointCloud``    ego-frame points, packed float32 ``x, y, z, intensity``
 ``/detections``     ``foxglove.SceneUpdate``   predicted boxes (cubes + ``"<class> <score>"`` labels)
 ``/ground_truth``   ``foxglove.SceneUpdate``   ground-truth boxes, when given
+``/plan``           ``foxglove.SceneUpdate``   a planner's chosen trajectory (a thick line strip from the
+                                               ego origin) and its candidates (faint line strips)
+``/gaussians``      ``foxglove.SceneUpdate``   a planner's BEV Gaussians: flat cylinders ``(4σx, 4σy,
+                                               0.05 m)`` turned by the Gaussian's angle, class colour,
+                                               alpha ∝ opacity
 ``/camera/<name>``  ``foxglove.CompressedImage`` each camera image, JPEG
 ``/tf``             ``foxglove.FrameTransform`` ``world → ego`` from the frame's ego pose, when it has one
 =================== ========================== =========================================================
@@ -17,7 +22,8 @@ topic               schema                     content
 Boxes follow mmdet3d's LiDAR convention (bottom centre, ``dx, dy, dz``, yaw about +z); a Foxglove cube is
 posed at its *centre*, so the cube's z is ``z + dz / 2`` and its orientation the quaternion
 ``(0, 0, sin(yaw/2), cos(yaw/2))``. Each ``SceneUpdate`` holds one entity per topic (id = the topic),
-so every frame replaces the previous frame's boxes, and a frame with no boxes clears them.
+so every frame replaces the previous frame's boxes, and a frame with no boxes clears them. Plans and
+Gaussians are in the ego frame too (rear axle origin, z = 0), one entity per topic likewise.
 
 The file is written to a temporary name next to ``path`` and renamed on a clean close; an exception
 inside ``with McapWriter(path):`` removes the temporary file, so ``path`` never holds a partial file.
@@ -38,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from perception.structures import Boxes3D, Detections, EgoPose, Frame
-from perception.viz.colors import class_color
+from perception.structures import BevGaussians, Boxes3D, Detections, EgoPose, Frame, PlanningOutput
+from perception.viz.colors import CANDIDATE_COLOR, PLAN_COLOR, class_color
 
 # --------------------------------------------------------------------------------------------
 # Foxglove JSON schemas (official field names; subsets of the published schemas)
@@ -96,6 +102,19 @@ _CUBE = {"title": "foxglove.CubePrimitive", "type": "object",
 _TEXT = {"title": "foxglove.TextPrimitive", "type": "object",
          "properties": {"pose": _POSE, "billboard": {"type": "boolean"}, "font_size": {"type": "number"},
                         "scale_invariant": {"type": "boolean"}, "color": _COLOR, "text": {"type": "string"}}}
+_POINT3 = {"title": "foxglove.Point3", "type": "object",
+           "properties": {"x": _num("x coordinate position"), "y": _num("y coordinate position"),
+                          "z": _num("z coordinate position")}}
+_LINE = {"title": "foxglove.LinePrimitive", "type": "object",
+         "properties": {"type": {"title": "foxglove.LineType",
+                                 "oneOf": [{"title": "LINE_STRIP", "const": 0}, {"title": "LINE_LOOP", "const": 1},
+                                           {"title": "LINE_LIST", "const": 2}]},
+                        "pose": _POSE, "thickness": {"type": "number", "minimum": 0},
+                        "scale_invariant": {"type": "boolean"}, "points": {"type": "array", "items": _POINT3},
+                        "color": _COLOR}}
+_CYLINDER = {"title": "foxglove.CylinderPrimitive", "type": "object",
+             "properties": {"pose": _POSE, "size": _VECTOR3, "bottom_scale": {"type": "number"},
+                            "top_scale": {"type": "number"}, "color": _COLOR}}
 _KEY_VALUE = {"title": "foxglove.KeyValuePair", "type": "object",
               "properties": {"key": {"type": "string"}, "value": {"type": "string"}}}
 
@@ -117,6 +136,8 @@ SCENE_UPDATE_SCHEMA: dict[str, Any] = {
                            "lifetime": _DURATION, "frame_locked": {"type": "boolean"},
                            "metadata": {"type": "array", "items": _KEY_VALUE},
                            "cubes": {"type": "array", "items": _CUBE},
+                           "cylinders": {"type": "array", "items": _CYLINDER},
+                           "lines": {"type": "array", "items": _LINE},
                            "texts": {"type": "array", "items": _TEXT}},
         }},
     },
@@ -169,9 +190,12 @@ def _vec(v) -> dict[str, float]:
     return {"x": float(v[0]), "y": float(v[1]), "z": float(v[2])}
 
 
+def _rgba(rgb: tuple[int, int, int], alpha: float) -> dict[str, float]:
+    return {"r": rgb[0] / 255, "g": rgb[1] / 255, "b": rgb[2] / 255, "a": float(alpha)}
+
+
 def _color(name: str, alpha: float) -> dict[str, float]:
-    r, g, b = class_color(name)
-    return {"r": r / 255, "g": g / 255, "b": b / 255, "a": alpha}
+    return _rgba(class_color(name), alpha)
 
 
 _IDENTITY_POSE = {"position": {"x": 0.0, "y": 0.0, "z": 0.0}, "orientation": {"x": 0.0, "y": 0.0, "z": 0.0, "w": 1.0}}
@@ -197,6 +221,12 @@ def point_cloud_message(ns: int, points: np.ndarray, intensity: np.ndarray | Non
     }
 
 
+def _entity(ns: int, entity_id: str, metadata: dict[str, Any] | None, frame_id: str = "ego", **primitives) -> dict:
+    return {"timestamp": stamp(ns), "frame_id": frame_id, "id": entity_id, "lifetime": {"sec": 0, "nsec": 0},
+            "frame_locked": True, "metadata": [{"key": k, "value": str(v)} for k, v in (metadata or {}).items()],
+            **primitives}
+
+
 def scene_update_message(ns: int, boxes: Boxes3D, entity_id: str, scores: np.ndarray | None = None,
                          alpha: float = 0.4, metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """``boxes`` (``tensor [N, 7|9]``, mmdet3d LiDAR convention) → ``foxglove.SceneUpdate``.
@@ -218,13 +248,40 @@ def scene_update_message(ns: int, boxes: Boxes3D, entity_id: str, scores: np.nda
         texts.append({"pose": {"position": _vec((x, y, z + dz + 0.5)), "orientation": q},
                       "billboard": True, "font_size": 14.0, "scale_invariant": True,
                       "color": _color(names[i], 1.0), "text": label})
-    entity = {
-        "timestamp": stamp(ns), "frame_id": boxes.frame_id, "id": entity_id,
-        "lifetime": {"sec": 0, "nsec": 0}, "frame_locked": True,
-        "metadata": [{"key": k, "value": str(v)} for k, v in (metadata or {}).items()],
-        "cubes": cubes, "texts": texts,
-    }
-    return {"deletions": [], "entities": [entity]}
+    return {"deletions": [], "entities": [_entity(ns, entity_id, metadata, boxes.frame_id, cubes=cubes, texts=texts)]}
+
+
+def _line_strip(poses: np.ndarray, rgb: tuple[int, int, int], alpha: float, thickness: float) -> dict[str, Any]:
+    """``poses [T, >=2]`` (ego frame) → a line strip starting at the ego origin."""
+    xy = np.vstack([np.zeros((1, 2)), np.asarray(poses, np.float64)[:, :2]])
+    return {"type": 0, "pose": _IDENTITY_POSE, "thickness": thickness, "scale_invariant": False,
+            "points": [{"x": float(x), "y": float(y), "z": 0.0} for x, y in xy], "color": _rgba(rgb, alpha)}
+
+
+def plan_message(ns: int, output: PlanningOutput, entity_id: str = "plan", candidates: bool = True,
+                 metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A planner's output → ``foxglove.SceneUpdate``: the chosen trajectory as a 0.3 m line strip from the
+    ego origin, then (``candidates``) each scored candidate as a faint 0.08 m strip, in ``lines`` order."""
+    plan = output.plan
+    lines = [_line_strip(plan.trajectory.poses, PLAN_COLOR, 1.0, 0.3)]
+    if candidates:
+        lines += [_line_strip(c.poses, CANDIDATE_COLOR, 0.3, 0.08) for c in plan.candidates]
+    return {"deletions": [], "entities": [_entity(ns, entity_id, metadata, plan.trajectory.frame_id, lines=lines)]}
+
+
+def gaussians_message(ns: int, gaussians: BevGaussians, entity_id: str = "gaussians", frame_id: str = "ego",
+                      max_alpha: float = 0.8, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """BEV Gaussians → ``foxglove.SceneUpdate``: per Gaussian a flat cylinder at its mean, ``size (4σx, 4σy,
+    0.05)`` (the 2σ ellipse), turned by its angle, in its class colour with alpha ``max_alpha * opacity``."""
+    g = gaussians
+    cylinders = []
+    for (x, y), (sx, sy), rot, op, lab in zip(np.asarray(g.means, np.float64), np.asarray(g.scales, np.float64),
+                                              np.asarray(g.rotations, np.float64), np.asarray(g.opacities, np.float64),
+                                              np.asarray(g.labels)):
+        cylinders.append({"pose": {"position": _vec((x, y, 0.025)), "orientation": yaw_quaternion(rot)},
+                          "size": _vec((4 * sx, 4 * sy, 0.05)), "bottom_scale": 1.0, "top_scale": 1.0,
+                          "color": _color(g.class_names[int(lab)], max_alpha * float(np.clip(op, 0.0, 1.0)))})
+    return {"deletions": [], "entities": [_entity(ns, entity_id, metadata, frame_id, cylinders=cylinders)]}
 
 
 def compressed_image_message(ns: int, image: np.ndarray, frame_id: str, quality: int = 90) -> dict[str, Any]:
@@ -296,12 +353,13 @@ class McapWriter:
 
     # -- one frame ---------------------------------------------------------------------------
     def write_frame(self, frame: Frame, detections: Detections | None = None, ground_truth: Boxes3D | None = None,
-                    model: str = "") -> None:
-        """Write ``frame``'s point cloud, cameras and ego pose, plus ``detections`` / ``ground_truth``.
+                    model: str = "", plan: PlanningOutput | None = None) -> None:
+        """Write ``frame``'s point cloud, cameras and ego pose, plus ``detections`` / ``ground_truth`` / ``plan``.
 
         All messages are logged at ``to_ns(frame.timestamp)``. A frame without LiDAR gets no
         ``/lidar`` message; ``detections=None`` (no model ran) no ``/detections`` message, while
-        empty detections write an empty scene (clearing the last frame's boxes).
+        empty detections write an empty scene (clearing the last frame's boxes). ``plan`` writes
+        ``/plan`` and, when it has Gaussians, ``/gaussians``.
         """
         ns = to_ns(frame.timestamp)
         if frame.lidar:
@@ -314,6 +372,12 @@ class McapWriter:
             m = {**meta, "model": model, "num_boxes": len(detections)}
             self.write("/detections", "foxglove.SceneUpdate", ns,
                        scene_update_message(ns, detections.boxes, "detections", detections.scores, 0.4, m))
+        if plan is not None:
+            m = {**meta, "model": model, "missing": ",".join(plan.missing)}
+            self.write("/plan", "foxglove.SceneUpdate", ns, plan_message(ns, plan, "plan", metadata=m))
+            if plan.gaussians is not None:
+                self.write("/gaussians", "foxglove.SceneUpdate", ns, gaussians_message(
+                    ns, plan.gaussians, "gaussians", metadata={**m, "num_gaussians": len(plan.gaussians)}))
         if ground_truth is not None:
             m = {**meta, "num_boxes": len(ground_truth)}
             self.write("/ground_truth", "foxglove.SceneUpdate", ns,

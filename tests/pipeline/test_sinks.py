@@ -37,7 +37,7 @@ def test_prediction_table_round_trip_keeps_empty_frames(tmp_path):
         sink(it)
     out = sink.close()
     assert out == {"path": str(tmp_path / "preds.parquet"), "frames_path": str(tmp_path / "preds_frames.parquet"),
-                   "frames": 3, "boxes": 2, "frames_without_boxes": 2}
+                   "frames": 3, "boxes": 2, "frames_without_boxes": 2, "plans": 0}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.parquet", "preds_frames.parquet"]
 
     boxes = pd.read_parquet(out["path"])
