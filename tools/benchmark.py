@@ -16,8 +16,8 @@ real KITTI sweeps (see tools/bench/ops_*.py).
 ``pipeline``: the same 124k-point synthetic LiDAR stream (preprocessing + voxelization) on Ray
 actors and in process, interleaved in one run; frames/s and their ratio (tools/bench/pipeline.py).
 
-``models``: MSF's latency per frame on CPU, the RPN and the head apart, at the CPU and the paper
-config sizes (tools/bench/models.py).
+``models``: latency per frame on CPU at the CPU and the paper config sizes: MSF (the RPN and the
+head apart) and GaussianFusion (planning from 3 cameras + LiDAR, random weights) (tools/bench/models.py).
 
 Rows: ``bench``, ``impl``, ``peer``, ``params``, ``median_ms``, ``peer_median_ms``, ``speedup``
 (peer / ours), plus bench-specific fields. Medians over ``--repeats`` runs after a warm-up.
@@ -143,7 +143,7 @@ def bench_pipeline(repeats: int) -> list[dict]:
 
 
 def bench_models(repeats: int) -> list[dict]:
-    """MSF's RPN and head latency per frame on CPU, CPU-sized and paper-sized (tools/bench/models.py)."""
+    """MSF's RPN and head and GaussianFusion's latency per frame on CPU, CPU- and paper-sized (tools/bench/models.py)."""
     from tools.bench.models import rows
 
     return [{"bench": "models", **r} for r in rows(repeats)]
