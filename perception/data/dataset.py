@@ -63,11 +63,16 @@ class SimDataset(Dataset):
     ``planning_scenes=True`` puts each frame's :class:`~perception.eval.pdms.PlanningScene` (agents
     over the next 4.9 s, drivable area, route, expert future) in ``Targets.meta["planning_scene"]`` for
     the PDM score; it is cached beside the rendering.
+
+    ``drop_sensors`` (sensor names, e.g. ``("LIDAR_TOP",)`` or ``("CAM_F0",)``) removes those sensors
+    from every frame and lists them in ``Frame.missing``, as a failed sensor would: for measuring how
+    a model copes. Unknown names are an error.
     """
 
     def __init__(self, seeds: Sequence[int] = (0, 1), frames: int = 8, lidar: str = "hdl64",
                  render_cameras: bool = False, rigs: Sequence[str] = ("navsim",), cache: bool = True,
-                 sweeps: int = 0, cache_dir: str | Path | None = None, planning_scenes: bool = False) -> None:
+                 sweeps: int = 0, cache_dir: str | Path | None = None, planning_scenes: bool = False,
+                 drop_sensors: Sequence[str] = ()) -> None:
         from perception.sim.scene import SimConfig
         from perception.sim.world import BOX_CLASSES
 
@@ -81,6 +86,11 @@ class SimDataset(Dataset):
             raise ValueError(f"SimDataset: sweeps must be >= 0, got {sweeps}")
         self.sweeps = int(sweeps)
         self.planning_scenes = bool(planning_scenes)
+        self.drop_sensors = tuple(drop_sensors)
+        known = {"LIDAR_TOP", *(c.name for c in self.config.cameras())}
+        if set(self.drop_sensors) - known:
+            raise ValueError(f"SimDataset.drop_sensors: unknown {sorted(set(self.drop_sensors) - known)}; "
+                             f"this rig has {sorted(known)}")
         self.cache_dir = None
         if cache_dir is not None:
             key = hashlib.sha1(repr(self.config).encode()).hexdigest()[:12]
@@ -98,10 +108,16 @@ class SimDataset(Dataset):
             raise IndexError(f"SimDataset: index {i} out of range for {len(self)} samples")
         sample = self._render(i)
         k = i % self.frames
+        if self.drop_sensors:
+            f = sample.frame
+            frame = replace(f, lidar={k: v for k, v in f.lidar.items() if k not in self.drop_sensors},
+                            cameras={k: v for k, v in f.cameras.items() if k not in self.drop_sensors},
+                            missing=tuple(dict.fromkeys(f.missing + self.drop_sensors)))
+            sample = replace(sample, frame=frame)
         if self.planning_scenes:
             meta = {**sample.targets.meta, "planning_scene": self._scene(i)}
             sample = replace(sample, targets=replace(sample.targets, meta=meta))
-        if not self.sweeps or k == 0:
+        if not self.sweeps or k == 0 or not sample.frame.lidar:
             return sample
         return with_sweeps(sample, [self._render(i - j).frame for j in range(1, min(k, self.sweeps) + 1)])
 

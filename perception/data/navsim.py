@@ -25,7 +25,7 @@ Conversions: boxes become ``Boxes3D`` in the ego frame, bottom centre (``z - h/2
 velocity rotated back into the ego frame (``[N, 9]``). Points stay in the LiDAR frame
 (``frame_id = "MergedPointCloud"``, ``ego_from_sensor`` from ``lidar2ego``); cameras sit at
 ``lidar2ego · sensor2lidar``. The driving command becomes its index (0 left … 3 unknown). The
-ego-status inputs NAVSIM gives agents (``ego_dynamic_state``) are in ``Frame.meta``.
+ego-status inputs NAVSIM gives agents (``ego_dynamic_state``, ``driving_command``) are in ``Frame.meta``.
 
 Ego future (``Targets.ego_future``): NAVSIM's ``Scene.get_future_trajectory`` — 8 poses, 0.5 s
 apart (4 s), ``(x, y, heading)`` of the future ego poses relative to the current one in SE(2),
@@ -327,6 +327,10 @@ class NavsimReader(Reader):
                     models[name] = self._camera(k, dist, im.size, log_path, where, name)
 
         dynamic = fr.get("ego_dynamic_state")
+        try:
+            command = driving_command_index(fr["driving_command"]) if "driving_command" in fr else None
+        except (ValueError, TypeError) as e:
+            raise DataError(log_path, f"{where}: driving_command: {type(e).__name__}: {e}") from None
         frame = Frame(
             token=str(fr.get("token", f"{log_path.stem}:{fi}")),
             timestamp=t,
@@ -340,13 +344,13 @@ class NavsimReader(Reader):
                 "log": str(log_path), "log_name": fr.get("log_name", log_path.stem), "frame_index": fi,
                 "scene_token": fr.get("scene_token"), "map_location": fr.get("map_location"),
                 "ego_dynamic_state": None if dynamic is None else np.asarray(dynamic, np.float64),  # vx, vy, ax, ay
+                "driving_command": command,  # an input: NAVSIM hands it to every agent
                 "paths": paths,
             },
         )
         targets = None
         if "anns" in fr:
             try:
-                command = driving_command_index(fr["driving_command"]) if "driving_command" in fr else None
                 targets = self._targets(fr["anns"], ego_from_lidar, command, self.ego_future(index))
             except (KeyError, ValueError, TypeError) as e:
                 raise DataError(log_path, f"{where}: anns: {type(e).__name__}: {e}") from None

@@ -55,3 +55,13 @@ def test_cache_serves_a_new_dataset_and_survives_a_corrupt_file(cached):
         redone = fresh[1]
     assert np.array_equal(redone.frame.points.points, ds._render(1).frame.points.points)
     assert len(path.read_bytes()) > 1000  # rewritten whole
+
+
+def test_drop_sensors_removes_them_and_says_so(cached):
+    root, _ = cached
+    ds = SimDataset(seeds=[3], frames=4, sweeps=3, cache_dir=root, drop_sensors=("LIDAR_TOP",))
+    s = ds[2]
+    assert s.frame.lidar == {} and "LIDAR_TOP" in s.frame.missing and s.frame.sweeps == ()
+    assert s.targets is not None and len(s.targets.boxes) > 0  # ground truth is untouched
+    with pytest.raises(ValueError, match="unknown"):
+        SimDataset(seeds=[3], frames=4, drop_sensors=("CAM_NOPE",))
