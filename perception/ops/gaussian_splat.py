@@ -22,9 +22,10 @@ Gaussians with a non-finite mean, scale, rotation or opacity are left out and co
 
 Backends: ``"torch"`` (``*_reference``: the (Gaussian, cell) pairs of every bounding box, masked by
 the cut-off, ``index_add_``), ``"cpu"`` (numba: the forward splits the grid into strips of rows,
-one work item per strip over the Gaussians that touch it, so no two threads write one cell; per
-Gaussian and row the run of cells inside the cut-off is solved for and its weights follow by a
-two-multiplication recurrence instead of an ``exp`` per cell; the backward is one work item per
+each over the Gaussians that touch it, dealt into one bin per thread by estimated work, so no two
+threads write one cell and clustered scenes keep both threads busy; per Gaussian and row the run
+of cells inside the cut-off is solved for and its weights follow by a two-multiplication
+recurrence instead of an ``exp`` per cell; the backward is one work item per
 Gaussian, which owns its gradients; the 3-D kernels are the plain per-voxel versions of the same),
 ``"cuda"`` (``ops/gaussian_splat/``: one block per tile of cells over the tile's Gaussian list in
 the forward, one block per Gaussian in the backward; no atomics).
@@ -267,6 +268,83 @@ def _tile_lists(box, tile, ntiles):  # pragma: no cover - compiled
     return counts, lst
 
 
+@numba.njit(cache=True)
+def _strip_lists(box, TI, nstrips, ny):  # pragma: no cover - compiled
+    """CSR (ptr [nstrips+1], gaussians) of the strips of TI rows each 2-D box touches (increasing g),
+    and each strip's estimated work: the cells of its boxes' rows plus one pass over its own cells."""
+    G = box.shape[0]
+    ptr = np.zeros(nstrips + 1, np.int64)
+    work = np.full(nstrips, TI * ny, np.int64)
+    for g in range(G):
+        if box[g, 1] >= box[g, 0] and box[g, 3] >= box[g, 2]:
+            width = box[g, 3] - box[g, 2] + 1
+            for t in range(box[g, 0] // TI, box[g, 1] // TI + 1):
+                ptr[t + 1] += 1
+                work[t] += (min(box[g, 1], t * TI + TI - 1) - max(box[g, 0], t * TI) + 1) * width
+    for t in range(nstrips):
+        ptr[t + 1] += ptr[t]
+    fill = ptr[:-1].copy()
+    lst = np.empty(ptr[nstrips], np.int64)
+    for g in range(G):
+        if box[g, 1] >= box[g, 0] and box[g, 3] >= box[g, 2]:
+            for t in range(box[g, 0] // TI, box[g, 1] // TI + 1):
+                lst[fill[t]] = g
+                fill[t] += 1
+    return ptr, lst, work
+
+
+@numba.njit(cache=True)
+def _balance(work, nbins):  # pragma: no cover - compiled
+    """Items into ``nbins`` bins of about equal total work (heaviest first, each to the lightest bin):
+    CSR (bptr [nbins+1], items), each bin's items heaviest first."""
+    n = work.shape[0]
+    order = np.argsort(-work, kind="mergesort")
+    load = np.zeros(nbins, np.int64)
+    which = np.empty(n, np.int64)
+    bptr = np.zeros(nbins + 1, np.int64)
+    for q in range(n):
+        b = np.argmin(load)
+        which[q] = b
+        load[b] += work[order[q]]
+        bptr[b + 1] += 1
+    for b in range(nbins):
+        bptr[b + 1] += bptr[b]
+    fill = bptr[:-1].copy()
+    items = np.empty(n, np.int64)
+    for q in range(n):
+        items[fill[which[q]]] = order[q]
+        fill[which[q]] += 1
+    return bptr, items
+
+
+@numba.njit(cache=True, inline="always", fastmath=True)
+def _exp_in(x):  # pragma: no cover - compiled
+    """``exp(x)`` for ``x`` in [-4.5, 0] (the weight of a cell inside the cut-off), relative error < 1e-14.
+
+    Taylor polynomial of ``exp(x / 8)`` to degree 14, squared three times: inline, no libm call and
+    no range reduction (the cut-off bounds the argument).
+    """
+    y = x * 0.125
+    p = 1.0 / 87178291200.0
+    p = p * y + 1.0 / 6227020800.0
+    p = p * y + 1.0 / 479001600.0
+    p = p * y + 1.0 / 39916800.0
+    p = p * y + 1.0 / 3628800.0
+    p = p * y + 1.0 / 362880.0
+    p = p * y + 1.0 / 40320.0
+    p = p * y + 1.0 / 5040.0
+    p = p * y + 1.0 / 720.0
+    p = p * y + 1.0 / 120.0
+    p = p * y + 1.0 / 24.0
+    p = p * y + 1.0 / 6.0
+    p = p * y + 0.5
+    p = p * y + 1.0
+    p = p * y + 1.0
+    p = p * p
+    p = p * p
+    return p * p
+
+
 @numba.njit(cache=True, inline="always")
 def _d2_2d(dx, dy, c, s, isx, isy):  # pragma: no cover - compiled
     """Squared Mahalanobis distance of offset (dx, dy): u = (c dx + s dy) / sx, v = (c dy - s dx) / sy."""
@@ -317,6 +395,28 @@ def _row_span(prm, g, dx, y0, res, jmin, jmax):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, inline="always")
+def _row_run(prm, box, g, i, x0, y0, res):  # pragma: no cover - compiled
+    """Gaussian g's run in row ``i`` (:func:`_row_span` over its box): ``(j0, j1, u, v, e, r)`` with
+    u, v its local coordinates and e its weight ``exp(-d2/2)`` at cell j0, r the next cell's weight
+    over e (1 for a one-cell run); ``j1 < j0`` when the row misses the cut-off."""
+    dx = x0 + (i + 0.5) * res - prm[g, 0]
+    j0, j1 = _row_span(prm, g, dx, y0, res, box[g, 2], box[g, 3])
+    if j1 < j0:
+        return j0, j1, 0.0, 0.0, 0.0, 1.0
+    c, s, isx, isy = prm[g, 2], prm[g, 3], prm[g, 4], prm[g, 5]
+    dy = y0 + (j0 + 0.5) * res - prm[g, 1]
+    u = (c * dx + s * dy) * isx
+    v = (c * dy - s * dx) * isy
+    e = _exp_in(-0.5 * (u * u + v * v))
+    r = 1.0
+    if j1 > j0:  # ratio of the next cell's weight to this one's (both inside the cut-off)
+        u1 = u + s * isx * res
+        v1 = v + c * isy * res
+        r = _exp_in(-0.5 * (u1 * u1 + v1 * v1)) / e
+    return j0, j1, u, v, e, r
+
+
+@numba.njit(cache=True, inline="always")
 def _accumulate_run(accf, k, ff, fb, C, n, w0, r, qf, alpha, wv):  # pragma: no cover - compiled
     """``acc[k + j] += alpha e_j feats[g]`` for the run's ``n`` cells (``accf``/``ff`` flat, ``fb`` =
     ``g * C``; e_0 = w0, e_{j+1} = e_j r_j, r_{j+1} = r_j qf). Unsigned indices: numba then emits no
@@ -345,57 +445,52 @@ def _accumulate_run(accf, k, ff, fb, C, n, w0, r, qf, alpha, wv):  # pragma: no 
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _splat2d_fwd(prm, feats, lims, box, ptr, lst, TI, TJ, out):  # pragma: no cover
-    """``out [C, nx, ny]``: one work item per tile of TI rows x TJ columns, over its Gaussians.
+def _splat2d_fwd(prm, feats, lims, box, ptr, lst, bptr, items, TI, out):  # pragma: no cover
+    """``out [C, nx, ny]``: strips of TI rows (all columns), each over the Gaussians that touch it.
 
     Per Gaussian and row, the run of cells with d2 <= 9 is solved for (:func:`_row_span`); along the
     run ``exp(-d2/2)`` follows from d2 being quadratic in the cell index: two multiplications per
-    cell (``e *= r; r *= q``, exact up to rounding) replace the ``exp``. Called with strips
-    (TI = STRIP_2D rows, TJ = ny): no run is cut, so every (Gaussian, row) is set up once. Measured
-    here, the time then goes about 2/3 to the C-wide accumulate of the (Gaussian, cell) pairs and
+    cell (``e *= r; r *= q``, exact up to rounding) replace the ``exp``; the run's first two weights
+    come from :func:`_exp_in` (inline, no libm call). Whole rows per strip: no run is cut, so every
+    (Gaussian, row) is set up once. Measured here, the time goes about 2/3 to the C-wide
+    accumulate of the (Gaussian, cell) pairs (bound by reading and writing the accumulator) and
     1/3 to the rows' setup; square tiles (L1-sized accumulators) were slower, as they cut runs.
 
-    Load balance: tiles differ several-fold in work (clustered means), so they are handed out one at
-    a time (``numba.parallel_chunksize(1)`` around the call: dynamic scheduling), heaviest first (by
-    Gaussian count): a thread that is slow or shares its core with another process then takes fewer
-    tiles instead of holding up the others at the end.
+    Load balance: strips differ several-fold in work (clustered means), and numba's ``prange``
+    splits its range statically (``parallel_chunksize`` does not make the OpenMP layer hand out
+    iterations one at a time), so the strips are dealt into one bin per thread beforehand
+    (:func:`_balance` on :func:`_strip_lists`' estimate, ``bptr``/``items``) and ``prange`` runs
+    over the bins.
     """
     C, nx, ny = out.shape
     x0, y0, res = lims[0], lims[1], lims[2]
-    ntj = (ny + TJ - 1) // TJ
-    ntiles = ((nx + TI - 1) // TI) * ntj
-    order = np.argsort(ptr[:ntiles] - ptr[1:ntiles + 1], kind="mergesort")  # most Gaussians first
+    U = np.uint64
     ff = feats.reshape(feats.shape[0] * C)
-    for q in numba.prange(ntiles):  # the caller sets chunk size 1 (numba.parallel_chunksize)
-        t = order[q]
-        ilo = (t // ntj) * TI
-        jlo = (t % ntj) * TJ
-        ihi = min(ilo + TI, nx) - 1
-        jhi = min(jlo + TJ, ny) - 1
-        acc = np.zeros((TI * TJ, C), out.dtype)
-        accf = acc.reshape(TI * TJ * C)
+    of = out.reshape(C * nx * ny)
+    for bn in numba.prange(bptr.shape[0] - 1):
+        acc = np.empty((TI * ny, C), out.dtype)
+        accf = acc.reshape(TI * ny * C)
         wv = np.empty(1, out.dtype)
-        for e in range(ptr[t], ptr[t + 1]):
-            g = lst[e]
-            mx, my, c, s = prm[g, 0], prm[g, 1], prm[g, 2], prm[g, 3]
-            isx, isy, alpha, qf = prm[g, 4], prm[g, 5], prm[g, 6], prm[g, 7]
-            A, kB = prm[g, 8], prm[g, 10]
-            fb = np.uint64(g) * np.uint64(C)
-            for i in range(max(box[g, 0], ilo), min(box[g, 1], ihi) + 1):
-                dx = x0 + (i + 0.5) * res - mx
-                j0, j1 = _row_span(prm, g, dx, y0, res, max(box[g, 2], jlo), min(box[g, 3], jhi))
-                if j1 < j0:
-                    continue
-                dy = y0 + (j0 + 0.5) * res - my
-                ew = _clamped_exp(-0.5 * _d2_2d(dx, dy, c, s, isx, isy))
-                # ratio of the next cell's weight to this one's: exp(-(d2(dy + res) - d2(dy)) / 2)
-                r = _clamped_exp(-0.5 * (A * (2.0 * dy * res + res * res) + 2.0 * kB * dx * res))
-                _accumulate_run(accf, np.uint64((i - ilo) * TJ + (j0 - jlo)), ff, fb, C, j1 - j0 + 1, ew, r, qf,
-                                alpha, wv)
-        for ch in range(C):
-            for i in range(ilo, ihi + 1):
-                for j in range(jlo, jhi + 1):
-                    out[ch, i, j] = acc[(i - ilo) * TJ + (j - jlo), ch]
+        for q in range(bptr[bn], bptr[bn + 1]):
+            t = items[q]
+            ilo = t * TI
+            ihi = min(ilo + TI, nx) - 1
+            accf[:] = 0
+            for e in range(ptr[t], ptr[t + 1]):
+                g = lst[e]
+                alpha, qf = prm[g, 6], prm[g, 7]
+                fb = U(g) * U(C)
+                for i in range(max(box[g, 0], ilo), min(box[g, 1], ihi) + 1):
+                    j0, j1, _, _, ew, r = _row_run(prm, box, g, i, x0, y0, res)
+                    if j1 < j0:
+                        continue
+                    _accumulate_run(accf, U((i - ilo) * ny + j0), ff, fb, C, j1 - j0 + 1, ew, r, qf, alpha, wv)
+            for i in range(ilo, ihi + 1):  # [cell, C] -> out[C, i, :]
+                for j in range(ny):
+                    ab = U((i - ilo) * ny + j) * U(C)
+                    ob = U(i * ny + j)
+                    for ch in range(U(C)):
+                        of[ob + ch * U(nx * ny)] = accf[ab + ch]
     return out
 
 
@@ -411,9 +506,8 @@ def _splat2d_bwd(gout, prm, feats, lims, box, g_means, g_scales, g_rots, g_opac,
     for t in numba.prange(n_chunks):
         wv = np.zeros(2, g_feats.dtype)  # [weight, 0] in the data's dtype
         for g in range(t * G // n_chunks, (t + 1) * G // n_chunks):
-            mx, my, c, s = prm[g, 0], prm[g, 1], prm[g, 2], prm[g, 3]
+            c, s = prm[g, 2], prm[g, 3]
             isx, isy, alpha, qf = prm[g, 4], prm[g, 5], prm[g, 6], prm[g, 7]
-            A, kB = prm[g, 8], prm[g, 10]
             sx = 1.0 / isx
             sy = 1.0 / isy
             du = s * isx * res
@@ -422,15 +516,9 @@ def _splat2d_bwd(gout, prm, feats, lims, box, g_means, g_scales, g_rots, g_opac,
                 g_feats[g, ch] = 0
             gmx = gmy = gsx = gsy = grot = gop = 0.0
             for i in range(box[g, 0], box[g, 1] + 1):
-                dx = x0 + (i + 0.5) * res - mx
-                j0, j1 = _row_span(prm, g, dx, y0, res, box[g, 2], box[g, 3])
+                j0, j1, u, v, e, r = _row_run(prm, box, g, i, x0, y0, res)
                 if j1 < j0:
                     continue
-                dy = y0 + (j0 + 0.5) * res - my
-                u = (c * dx + s * dy) * isx
-                v = (c * dy - s * dx) * isy
-                e = _clamped_exp(-0.5 * (u * u + v * v))
-                r = _clamped_exp(-0.5 * (A * (2.0 * dy * res + res * res) + 2.0 * kB * dx * res))
                 for j in range(j0, j1 + 1):
                     wv[0] = alpha * e
                     w = wv[0]
@@ -646,10 +734,11 @@ def _splat_bev_op(means: torch.Tensor, scales: torch.Tensor, rotations: torch.Te
         return out.zero_()
     lims = np.array([x_min, y_min, resolution], np.float64)
     box = _boxes2d(_np(means), _np(scales), _np(rotations), lims, nx, ny)
-    ptr, lst = _tile_lists(box, np.array([STRIP_2D, ny]), np.array([-(-nx // STRIP_2D), 1]))
+    nstrips = -(-nx // STRIP_2D)
+    ptr, lst, work = _strip_lists(box, STRIP_2D, nstrips, ny)
+    bptr, items = _balance(work, min(numba.get_num_threads(), nstrips))
     prm = _params2d(_np(means), _np(scales), _np(rotations), _np(opacities), resolution)
-    with numba.parallel_chunksize(1):  # tiles handed out one at a time (see _splat2d_fwd)
-        _splat2d_fwd(prm, _np(features), lims, box, ptr, lst, STRIP_2D, ny, out.numpy())
+    _splat2d_fwd(prm, _np(features), lims, box, ptr, lst, bptr, items, STRIP_2D, out.numpy())
     return out
 
 
