@@ -50,7 +50,8 @@ class PDMScore(BaseMetric):
             status, futures = planning_records(cls(**cfg), cache)
             torch.manual_seed(0)
             mlp = EgoStatusMLP()
-            train_ego_status_mlp(mlp, status, futures, epochs=self.mlp_epochs)
+            with torch.enable_grad():  # evaluation loops run under no_grad
+                train_ego_status_mlp(mlp, status, futures, epochs=self.mlp_epochs)
             self._mlp = mlp.eval()
         return self._mlp
 

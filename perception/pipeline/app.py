@@ -27,10 +27,11 @@ from perception.structures import Sample, Targets
 ROOT = Path(__file__).resolve().parents[2]
 # MSF (4 frames; the model stage keeps the earlier ones), trained on the synthetic world (README: "MSF")
 DETECTOR = (ROOT / "configs/msf/msf_sim_cpu.py", ROOT / "checkpoints/msf_sim_cpu.safetensors")
-# GaussianFusion, planning from the 3 front cameras, the LiDAR and MSF's boxes (the model stage chains them)
+# GaussianFusion, planning from the 3 front cameras and the LiDAR after MSF (the model stage chains them;
+# the released weights take no agent tokens: max_agents=0), trained on the synthetic world (README: "GaussianFusion")
 PLANNER = (ROOT / "configs/gaussian_fusion/gaussian_fusion_sim_cpu.py",
            ROOT / "checkpoints/gaussian_fusion_sim_cpu.safetensors")
-DEFAULT_MODELS = (DETECTOR,)
+DEFAULT_MODELS = (DETECTOR, PLANNER)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from perception.models.gaussian_fusion.losses import lovasz_softmax
 from perception.models.gaussian_fusion.model import GaussianFusion
 from perception.models.planning.anchors import kmeans_anchors
 from perception.models.planning.cascade_head import CascadePlanningHead
+from perception.models.planning.kinematics import limit_acceleration
 from perception.sim import world as W
 from perception.sim.sensors import navsim_front_rig
 from perception.structures import (
@@ -216,3 +217,19 @@ def test_gaussian_fusion_learns_to_plan_and_map():
     assert sum(last.values()) < 0.5 * sum(first.values())
     assert last["loss_map_ce"] < first["loss_map_ce"]  # the map branch learns through gaussian_splat_bev
     assert ade() < 0.5 * ade0
+
+
+def test_limit_acceleration_retimes_along_the_path():
+    hard = np.column_stack([5 * T8 + 1.5 * T8 ** 2, np.zeros(8), np.zeros(8)])  # 3 m/s^2 from 5 m/s
+    out = limit_acceleration(hard, 0.5, 5.0, -4.0, 2.0)
+    v = np.diff(np.concatenate([[0.0], out[:, 0]])) / 0.5
+    assert np.allclose(np.diff(v) / 0.5, 2.0) and out[-1, 0] < hard[-1, 0]  # capped at 2 m/s^2, so it falls behind
+    steady = np.column_stack([5 * T8, np.zeros(8), np.zeros(8)])
+    assert np.allclose(limit_acceleration(steady, 0.5, 5.0, jerk=1.0), steady)  # nothing to limit
+    turn = arc(8.0, 0.3)
+    slow = limit_acceleration(turn, 0.5, 0.0, -4.0, 1.0)  # from standstill: the same arc, driven later
+    r = 8.0 / 0.3
+    assert np.allclose(np.hypot(slow[:, 0], slow[:, 1] - r), r, atol=0.1)  # on the circle (within the chords)
+    assert slow[-1, 2] < turn[-1, 2]
+    with pytest.raises(ValueError, match="finite"):
+        limit_acceleration(np.full((8, 3), np.nan), 0.5, 5.0)

@@ -96,9 +96,9 @@ def test_detector_then_planner_in_process_and_on_ray(planner_files, ckpt, ray_lo
 
 
 def test_demo_models_and_the_planner_constant():
-    assert DEFAULT_MODELS[0] == DETECTOR
+    assert DEFAULT_MODELS == (DETECTOR, PLANNER)  # the demo plans after detecting
     assert PLANNER[0].is_file() and PLANNER[0].name == "gaussian_fusion_sim_cpu.py"
-    assert PLANNER[1].name == "gaussian_fusion_sim_cpu.safetensors"
+    assert PLANNER[1].is_file() and PLANNER[1].name == "gaussian_fusion_sim_cpu.safetensors"
 
 
 def test_sim_frames_carry_the_driving_command_through_the_synchronizer():

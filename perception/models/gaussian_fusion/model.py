@@ -14,6 +14,11 @@ Autonomous Driving", NeurIPS 2025 (arXiv 2506.00034). The pieces:
   (explicit + implicit features, semantics and opacity), with the ego status, optionally with agent
   tokens (a detector's boxes).
 
+The chosen plan is re-timed along its own path to keep its longitudinal acceleration within
+``accel_limits`` and its change within ``jerk_limit`` (:mod:`perception.models.planning.kinematics`;
+None keeps the raw regression); the scored candidates are left as regressed. The defaults (-4, 1.5)
+m/s² and 2 m/s³ sit inside nuPlan's comfort bounds and were chosen on training sequences.
+
 Sensor dropout (training): each camera and the LiDAR are dropped with probability
 ``sensor_dropout`` per sample, so that a frame missing a sensor at inference still gets a sensible
 plan (the missing sensor's attention is masked, see :mod:`.gaussians`).
@@ -39,6 +44,7 @@ from perception.models.gaussian_fusion.gaussians import GaussianEncoderBlock, Ga
 from perception.models.gaussian_fusion.losses import lovasz_softmax
 from perception.models.planning.anchors import resolve_anchors
 from perception.models.planning.cascade_head import CascadePlanningHead
+from perception.models.planning.kinematics import limit_acceleration
 from perception.ops.gaussian_splat import gaussian_splat_bev
 from perception.structures import BevGaussians, Frame, Plan, PlanningOutput, Sample, Targets, Trajectory
 
@@ -103,12 +109,15 @@ class GaussianFusion(BaseModel):
                  anchors: np.ndarray | None = None, num_anchors: int = 20, stages: int = 2, knn: int = 16,
                  map_weight: float = 1.0, lovasz_weight: float = 1.0, max_agents: int = 0, agents: str = "none",
                  sensor_dropout: float = 0.1, init_scale: float = 2.0, scale_range: Sequence[float] = (0.25, 8.0),
-                 max_step: float = 2.0, seed: int = 0) -> None:
+                 max_step: float = 2.0, accel_limits: Sequence[float] | None = (-4.0, 1.5), jerk_limit: float | None = 2.0,
+                 seed: int = 0) -> None:
         self.lidar_grid, self.map_grid = as_grid(lidar_grid), as_grid(map_grid)
         super().__init__(data_preprocessor=GaussianFusionPreprocessor(
             self.lidar_grid, tuple(image_size), cameras, max_agents, agents, sensor_dropout))
         self.image_size, self.cameras, self.dim = tuple(image_size), tuple(cameras), dim
         self.map_weight, self.lovasz_weight = map_weight, lovasz_weight
+        self.accel_limits = None if accel_limits is None else (float(accel_limits[0]), float(accel_limits[1]))
+        self.jerk_limit = jerk_limit
         self.classes = BEV_CLASSES
         self.image_encoder = PyramidEncoder(3, tuple(image_widths), dim, encoder_blocks)
         self.lidar_encoder = PyramidEncoder(2, tuple(lidar_widths), dim, encoder_blocks)
@@ -216,7 +225,12 @@ class GaussianFusion(BaseModel):
         out = []
         for b, frame in enumerate(x.frames):
             cand = tuple(Trajectory(c.double().cpu().numpy(), t) for c in cands[b])
-            plan = Plan(Trajectory(best[b].double().cpu().numpy(), t), cand, scores[b].cpu().numpy())
+            poses = best[b].double().cpu().numpy()
+            if self.accel_limits is not None:
+                speed = float(torch.hypot(x.ego_status[b, 0], x.ego_status[b, 1]))
+                poses = limit_acceleration(poses, FUTURE_DT, speed, *self.accel_limits, jerk=self.jerk_limit,
+                                           accel=float(x.ego_status[b, 2]))
+            plan = Plan(Trajectory(poses, t), cand, scores[b].cpu().numpy())
             gauss = BevGaussians(s.means[b].cpu().numpy(), s.scales[b].cpu().numpy(), s.angle[b].cpu().numpy(),
                                  s.opacity[b].sigmoid().cpu().numpy(), labels[b].cpu().numpy(), self.classes)
             missing = tuple(n for n, ok in zip(self.cameras, x.camera_valid[b].tolist()) if not ok)

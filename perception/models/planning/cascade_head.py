@@ -11,7 +11,9 @@ start the cascade. In every stage each waypoint is a query that
 after which each trajectory scores itself (max over its waypoints) and regresses a correction of
 every waypoint. A stage's refined trajectories are the next stage's references. Training: per stage,
 the reference nearest the ground truth (mean waypoint distance) is the positive of a sigmoid focal
-loss over the ``K`` scores, and its refined poses take an L1 loss (xy in metres, heading wrapped).
+loss over the ``K`` scores, and its refined poses take an L1 loss (xy in metres, heading wrapped)
+plus an L1 loss between its second differences and the ground truth's (from the current pose: the
+waypoints' accelerations), which keeps plans as smooth as the driving they learn from.
 Inference: the highest-scoring trajectory of the last stage.
 """
 from __future__ import annotations
@@ -107,7 +109,7 @@ class CascadePlanningHead(nn.Module):
 
     def __init__(self, anchors: np.ndarray | None = None, num_anchors: int = 20, steps: int = 8, dim: int = 128,
                  heads: int = 4, stages: int = 2, knn: int = 16, status_dim: int = 8, agent_dim: int = 8,
-                 xy_scale: float = 32.0, heading_weight: float = 1.0) -> None:
+                 xy_scale: float = 32.0, heading_weight: float = 1.0, smooth_weight: float = 1.0) -> None:
         super().__init__()
         if anchors is None:  # filled from a checkpoint
             anchors = np.zeros((num_anchors, steps, 3), np.float32)
@@ -115,7 +117,7 @@ class CascadePlanningHead(nn.Module):
         if anchors.ndim != 3 or anchors.shape[2] != 3:
             raise ValueError(f"CascadePlanningHead: anchors must be [K, T, 3], got {anchors.shape}")
         self.register_buffer("anchors", torch.from_numpy(anchors.copy()))
-        self.heading_weight = heading_weight
+        self.heading_weight, self.smooth_weight = heading_weight, smooth_weight
         self.status = _mlp(status_dim, dim, dim)
         self.agent = _mlp(agent_dim, dim, dim)
         self.stages = nn.ModuleList(CascadeStage(dim, heads, knn, anchors.shape[1], xy_scale) for _ in range(stages))
@@ -157,6 +159,10 @@ class CascadePlanningHead(nn.Module):
                   + self.heading_weight * wrap(chosen[..., 2] - gt[..., 2]).abs()).mean(-1)
             losses[f"loss_cls_s{s}"] = (focal * w).sum() / denom
             losses[f"loss_traj_s{s}"] = (l1 * w).sum() / denom
+            if self.smooth_weight > 0:  # the plan's accelerations follow the ground truth's (comfort)
+                acc = lambda p: torch.diff(torch.cat([torch.zeros_like(p[:, :1]), p], 1), n=2, dim=1)  # noqa: E731
+                sm = (acc(chosen[..., :2]) - acc(gt[..., :2])).abs().sum(-1).mean(-1)
+                losses[f"loss_smooth_s{s}"] = self.smooth_weight * (sm * w).sum() / denom
             ref = traj.detach()
         return losses
 
