@@ -1,6 +1,8 @@
 """GaussianFusion: inputs, attention masking, losses, anchors, the cascade head, and that the model learns."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -233,3 +235,20 @@ def test_limit_acceleration_retimes_along_the_path():
     assert slow[-1, 2] < turn[-1, 2]
     with pytest.raises(ValueError, match="finite"):
         limit_acceleration(np.full((8, 3), np.nan), 0.5, 5.0)
+
+
+@pytest.mark.parametrize("name", ["gaussian_fusion_sim_cpu", "gaussian_fusion_sim"])
+def test_configs_build_and_plan(name):
+    """Both config sizes build from their files (anchors come with a checkpoint) and plan one frame."""
+    from mmengine.config import Config
+
+    from perception.pipeline.model_stage import build_model
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = Config.fromfile(str(root / f"configs/gaussian_fusion/{name}.py"))
+    spec = dict(cfg.model, anchors=None)
+    model = build_model(spec).eval()
+    s = make_sample(30, 7.0, 0.0, 1)
+    out = model.plan([s.frame], [1])[0]
+    assert out.plan.trajectory.poses.shape == (8, 3) and np.isfinite(out.plan.trajectory.poses).all()
+    assert len(out.gaussians) == spec["num_gaussians"] and len(out.plan.candidates) == spec["num_anchors"]
