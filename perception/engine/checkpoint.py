@@ -24,7 +24,7 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Mapping
 
 import numpy as np
 import safetensors
@@ -468,3 +468,22 @@ def state_dict_shape_mismatches(model_state: dict, ckpt_state: dict) -> list[str
         if want is not None and got is not None and tuple(want) != tuple(got):
             lines.append(f"{key}: checkpoint {list(got)} vs model {list(want)}")
     return lines
+
+
+def load_weights(model: torch.nn.Module, state: Mapping[str, Any], strict: bool = False):
+    """``model.load_state_dict(state, strict)`` with the model's own module versions attached.
+
+    A ``state_dict()`` carries per-module versions in its ``_metadata``; weights that went through
+    safetensors, a dict comprehension or a plain ``dict`` have lost them. Some loaders read the
+    version: once ``mmdet3d.models`` is imported, spconv's ``_load_from_state_dict`` is mmdet3d's,
+    which takes any sparse-conv weight without version 2 for spconv 1.x's layout and permutes it
+    (scrambling it). Our checkpoints always hold the running code's layout, so the model's own
+    metadata is the right one. Returns ``load_state_dict``'s ``(missing, unexpected)``.
+    """
+    from collections import OrderedDict
+
+    state = OrderedDict(state)
+    meta = getattr(model.state_dict(), "_metadata", None)
+    if meta is not None:
+        state._metadata = meta  # type: ignore[attr-defined]
+    return model.load_state_dict(state, strict=strict)

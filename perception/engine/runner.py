@@ -32,7 +32,7 @@ from mmengine.runner.checkpoint import weights_to_cpu
 from mmengine.utils import apply_to
 
 from perception.engine.checkpoint import (CheckpointError, atomic_save, atomic_write_text, load_checkpoint,
-                                          state_dict_shape_mismatches)
+                                          load_weights, state_dict_shape_mismatches)
 
 
 class CpuBf16OptimWrapper(OptimWrapper):
@@ -126,7 +126,7 @@ class PerceptionRunner(Runner):
         if bad:
             raise CheckpointError(f"{filename}: {len(bad)} tensor(s) do not fit the model "
                                   f"({type(model).__name__}):\n  " + "\n  ".join(bad))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = load_weights(model, state, strict=False)
         if missing or unexpected:
             msg = f"{filename}: missing keys {list(missing)[:10]}, unexpected keys {list(unexpected)[:10]}"
             if strict:

@@ -83,7 +83,9 @@ class ModelStage:
                  max_gap: float = 0.5, carry: bool = True) -> None:
         from mmengine.config import Config
 
-        from perception.engine.checkpoint import CheckpointError, load_checkpoint, state_dict_shape_mismatches
+        from perception.engine.checkpoint import (
+            CheckpointError, load_checkpoint, load_weights, state_dict_shape_mismatches,
+        )
 
         cfg = Config.fromfile(str(config))
         spec = dict(cfg.model)
@@ -96,7 +98,7 @@ class ModelStage:
         bad = state_dict_shape_mismatches(self.model.state_dict(), state)
         if bad:
             raise CheckpointError(f"{checkpoint}: tensors do not fit {type(self.model).__name__}:\n  " + "\n  ".join(bad))
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing, unexpected = load_weights(self.model, state, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"{checkpoint}: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
         self.model.to(device).eval()

@@ -324,3 +324,26 @@ def test_state_dict_shape_mismatches():
     assert state_dict_shape_mismatches(model, same) == []
     other = dict(same, **{"head.bias": torch.ones(3)})
     assert state_dict_shape_mismatches(model, other) == ["head.bias: checkpoint [3] vs model [10]"]
+
+
+def test_sparse_conv_weights_survive_mmdet3d_spconv_patch(tmp_path):
+    """Weights without module versions (safetensors, plain dicts) load intact after mmdet3d patches spconv.
+
+    Importing mmdet3d.models replaces spconv's ``_load_from_state_dict`` with one that permutes any
+    weight whose module version is not 2 (spconv 1.x's layout): a plain ``load_state_dict`` then fails.
+    """
+    import spconv.pytorch as spconv
+
+    import mmdet3d.models.layers  # noqa: F401 - registers mmdet3d's spconv overrides
+    from perception.engine.checkpoint import load_weights
+
+    torch.manual_seed(0)
+    src = spconv.SparseSequential(spconv.SubMConv3d(5, 8, 3, indice_key="a"), spconv.SubMConv3d(8, 8, 3, indice_key="a"))
+    plain = {k: v.clone() for k, v in src.state_dict().items()}  # no _metadata, as after safetensors
+    dst = spconv.SparseSequential(spconv.SubMConv3d(5, 8, 3, indice_key="a"), spconv.SubMConv3d(8, 8, 3, indice_key="a"))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        dst.load_state_dict(dict(plain))
+    missing, unexpected = load_weights(dst, plain, strict=True)
+    assert not missing and not unexpected
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v)

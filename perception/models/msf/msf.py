@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModel
 
-from perception.engine.checkpoint import load_checkpoint
+from perception.engine.checkpoint import load_checkpoint, load_weights
 from perception.eval.waymo import iou_3d
 from perception.models.msf.msf_head import MSFHead, decode_residuals, encode_residuals, point_features, propagate
 from perception.models.msf.rpn import CenterPointRPN, PointBatch, PointPreprocessor
@@ -105,7 +105,7 @@ class MSF(BaseModel):
                                     "(python tools/train.py configs/msf/rpn_sim_cpu.py) or set model.rpn_checkpoint")
         state = load_checkpoint(path)["state_dict"]
         state = {k.removeprefix("module."): v for k, v in state.items()}
-        self.rpn.load_state_dict(state, strict=True)
+        load_weights(self.rpn, state, strict=True)
 
     def train(self, mode: bool = True) -> "MSF":
         super().train(mode)
