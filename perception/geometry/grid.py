@@ -88,3 +88,8 @@ class VoxelGrid:
         """``xyz [N, 3]`` → ``(ijk [N, 3] int64, inside [N] bool)``."""
         ijk = np.floor((np.asarray(xyz)[:, :3] - self.origin) / self.voxel_size).astype(np.int64)
         return ijk, np.all((ijk >= 0) & (ijk < self.shape), axis=1)
+
+
+def as_grid(grid: BevGrid | dict) -> BevGrid:
+    """Configs pass the grid as a plain dict (defined once in the config); code uses :class:`BevGrid`."""
+    return grid if isinstance(grid, BevGrid) else BevGrid(**grid)

@@ -26,18 +26,13 @@ import torch.nn.functional as F
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import nn
 
-from perception.geometry.grid import BevGrid
+from perception.geometry.grid import BevGrid, as_grid
 from perception.ops.scatter import dynamic_scatter
 from perception.ops.voxelize import dynamic_voxelize
 from perception.structures import Boxes3D, Detections, Frame, Sample, Targets
 
 N_FEATURES = 6
 N_REG = 8
-
-
-def as_grid(grid: BevGrid | dict) -> BevGrid:
-    """Configs pass the grid as a plain dict (defined once in the config); code uses :class:`BevGrid`."""
-    return grid if isinstance(grid, BevGrid) else BevGrid(**grid)
 
 
 @dataclass

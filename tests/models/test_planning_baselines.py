@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from perception.models.gaussian_fusion import features
 from perception.models.planning.baselines import (
-    EgoStatusMLP, constant_velocity, ego_status, frame_ego_status, train_ego_status_mlp,
+    EgoStatusMLP, constant_velocity, ego_status, train_ego_status_mlp,
 )
 
 
@@ -39,7 +40,7 @@ def test_ego_status_mlp_learns_on_sim_frames(one_torch_thread):
 
     seq = SimSequence(2, SimConfig(frames=8, layout="straight", render_cameras=False))
     samples = [seq[k] for k in range(len(seq))]
-    x = np.stack([frame_ego_status(s.frame.meta, s.targets.driving_command) for s in samples])
+    x = np.stack([features.ego_status(s.frame, s.targets.driving_command).numpy() for s in samples])
     y = np.stack([s.targets.ego_future.poses for s in samples])
     torch.manual_seed(0)
     model = EgoStatusMLP(hidden=128)

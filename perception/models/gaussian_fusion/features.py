@@ -25,14 +25,15 @@ import torch
 import torch.nn.functional as F
 
 from perception.geometry.grid import BevGrid
+from perception.pipeline.camera import IMAGENET_MEAN, IMAGENET_STD, scale_camera
 from perception.structures import Boxes3D, Detections, Frame, Targets
 
 CAMERAS = ("CAM_L0", "CAM_F0", "CAM_R0")
 BEV_CLASSES = ("background", "road", "walkway", "centerline", "static_object", "vehicle", "pedestrian")
 IGNORE = 255  # a BEV cell without a label (outside the source map)
 HIST_MAX, SPLIT_HEIGHT, MAX_HEIGHT = 5.0, 0.2, 3.0  # TransFuser: 5 points per cell; ground / above split (m)
-IMAGE_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-IMAGE_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+IMAGE_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) / 255.0  # images are scaled to [0, 1] first
+IMAGE_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1) / 255.0
 STATUS_DIM = 8  # vx, vy, ax, ay, command one-hot (4): NAVSIM's ego status
 AGENT_DIM = 8  # x, y, length, width, cos, sin, vx, vy (ego frame)
 NUM_COMMANDS = 4
@@ -88,10 +89,8 @@ def camera_input(frame: Frame, name: str, size: tuple[int, int]) -> tuple[torch.
     img = torch.from_numpy(np.ascontiguousarray(frame.cameras[name].image)).permute(2, 0, 1).float() / 255.0
     img = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
     img = (img - IMAGE_MEAN) / IMAGE_STD
-    sx, sy = w / cam.width, h / cam.height  # pixel centres: u' = (u + 0.5) s - 0.5
-    k = torch.tensor([[cam.fx * sx, 0.0, (cam.cx + 0.5) * sx - 0.5],
-                      [0.0, cam.fy * sy, (cam.cy + 0.5) * sy - 0.5],
-                      [0.0, 0.0, 1.0]])
+    cam = scale_camera(cam, w, h)
+    k = torch.tensor([[cam.fx, 0.0, cam.cx], [0.0, cam.fy, cam.cy], [0.0, 0.0, 1.0]])
     cam_from_ego = torch.tensor(frame.calib.transform(name, "ego").matrix, dtype=torch.float32)
     return img, k @ cam_from_ego[:3], True
 

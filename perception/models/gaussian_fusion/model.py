@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import nn
 
-from perception.geometry.grid import BevGrid
+from perception.geometry.grid import BevGrid, as_grid
 from perception.models.gaussian_fusion.encoders import PyramidEncoder
 from perception.models.gaussian_fusion.features import (
     AGENT_DIM, BEV_CLASSES, CAMERAS, IGNORE, STATUS_DIM, PlanningInputs, bev_target, boxes_as_detections,
@@ -49,10 +49,6 @@ from perception.ops.gaussian_splat import gaussian_splat_bev
 from perception.structures import BevGaussians, Frame, Plan, PlanningOutput, Sample, Targets, Trajectory
 
 FUTURE_DT = 0.5  # NAVSIM: 8 poses at 2 Hz
-
-
-def as_grid(grid: BevGrid | dict) -> BevGrid:
-    return grid if isinstance(grid, BevGrid) else BevGrid(**grid)
 
 
 class GaussianFusionPreprocessor(BaseDataPreprocessor):

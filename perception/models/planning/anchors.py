@@ -9,7 +9,6 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm

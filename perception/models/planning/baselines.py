@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -42,11 +41,6 @@ def ego_status(speed: float, acceleration: float, yaw_rate: float, command: int)
     out[:4] = (speed, 0.0, acceleration, speed * yaw_rate)
     out[4 + command] = 1.0
     return out
-
-
-def frame_ego_status(meta: Mapping[str, object], command: int) -> np.ndarray:
-    """:func:`ego_status` from a frame's odometry (``Frame.meta``) and the driving command."""
-    return ego_status(float(meta["ego_speed"]), float(meta["ego_acceleration"]), float(meta["ego_yaw_rate"]), command)
 
 
 class EgoStatusMLP(nn.Module):
