@@ -1,7 +1,8 @@
 """Per-camera depth."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
@@ -31,3 +32,18 @@ class DepthMap:
     @property
     def valid(self) -> np.ndarray:  # [H, W] bool
         return self.depth > 0
+
+
+@dataclass(frozen=True)
+class DepthOutput:
+    """A depth model's output for one frame: a :class:`DepthMap` per camera (PFDepth).
+
+    ``rendered_only``: cameras the frame had no image from (calibrated but missing), whose depth was
+    rendered from what the other views saw. ``baseline``: a comparison model's maps for the same
+    cameras (None when none ran). ``view_types``: ``"pinhole"`` or ``"fisheye"`` per camera.
+    """
+
+    maps: Mapping[str, DepthMap]
+    rendered_only: tuple[str, ...] = ()
+    baseline: Mapping[str, DepthMap] | None = None
+    view_types: Mapping[str, str] = field(default_factory=dict)
