@@ -21,7 +21,8 @@ equality and repr, ignored by the sinks), so the next model stage runs on that f
 a detector gets the detector's boxes as agent tokens (``detections=``) and returns one merged
 prediction (the detector's boxes, its own plan, ``model="MSF+GaussianFusion"``). A planner's driving
 command is an input, read from ``frame.meta["driving_command"]`` (None: unknown), as NAVSIM hands it
-to its agents; ground truth never reaches a model.
+to its agents; ground truth never reaches a model. A model with a ``predict_depth`` method (PFDepth)
+is a depth model: anywhere in the chain, it adds ``FramePrediction.depth`` and keeps what came before.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from typing import Any, Sequence
 import torch
 
 from perception.structures import Detections, Frame, PlanningOutput, Sample
+from perception.structures.depth import DepthOutput
 
 # anchors=dict(dataset=...) would run a k-means over a dataset; the checkpoint has them
 INIT_ONLY_KEYS = ("rpn_checkpoint", "anchors")
@@ -42,7 +44,8 @@ INIT_ONLY_KEYS = ("rpn_checkpoint", "anchors")
 class FramePrediction:
     """The models' output for one frame, in the ego frame at ``timestamp``.
 
-    ``detections`` from a detector (None when none ran), ``plan`` from a planner (None when none ran);
+    ``detections`` from a detector (None when none ran), ``plan`` from a planner (None when none ran),
+    ``depth`` from a depth model (per-camera depth maps; None when none ran);
     ``model`` names the models, in chain order (``"MSF+GaussianFusion"``). ``carried`` is the frame the
     models ran on, for a following model stage (None after the last one): not compared, not shown.
     """
@@ -53,6 +56,7 @@ class FramePrediction:
     detections: Detections | None = None
     plan: PlanningOutput | None = None
     carried: Frame | None = field(default=None, compare=False, repr=False)
+    depth: DepthOutput | None = None
 
 
 def build_model(cfg_model: dict) -> torch.nn.Module:
@@ -104,6 +108,7 @@ class ModelStage:
         self.model.to(device).eval()
         self.name = f"model:{type(self.model).__name__}"
         self.is_planner = callable(getattr(self.model, "plan", None))
+        self.is_depth = callable(getattr(self.model, "predict_depth", None))
         self.carry = bool(carry)
         pre = self.model.data_preprocessor
         self.num_history = max(getattr(pre, "sweeps", 0), getattr(pre, "history", 1) - 1)
@@ -130,6 +135,9 @@ class ModelStage:
         """One prediction per frame. ``detections``: a detector's boxes per frame, a planner's agent tokens."""
         name = type(self.model).__name__
         kept = [f if self.carry else None for f in frames]
+        if self.is_depth:
+            outs = self.model.predict_depth(frames)
+            return [FramePrediction(f.token, f.timestamp, name, None, None, c, depth=o) for f, o, c in zip(frames, outs, kept)]
         if self.is_planner:
             commands = [f.meta.get("driving_command") for f in frames]
             plans = self.model.plan(frames, commands, detections=detections)
@@ -146,9 +154,12 @@ class ModelStage:
         frame = _frame(item)
         if not isinstance(item, FramePrediction):
             return self.predict([frame])[0]
+        if self.is_depth:  # adds depth maps to whatever the chain has so far
+            pred = self.predict([frame])[0]
+            return replace(item, model=f"{item.model}+{pred.model}", depth=pred.depth, carried=pred.carried)
         if item.plan is not None or (item.detections is not None and not self.is_planner):
             raise ValueError(f"ModelStage({type(self.model).__name__}) after {item.model}: its output would replace "
                              f"the earlier {'plan' if item.plan is not None else 'detections'}")
         pred = self.predict([frame], [item.detections] if self.is_planner else None)[0]
         return replace(pred, model=f"{item.model}+{pred.model}",
-                       detections=pred.detections if pred.detections is not None else item.detections)
+                       detections=pred.detections if pred.detections is not None else item.detections, depth=item.depth)

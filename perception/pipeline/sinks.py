@@ -284,8 +284,8 @@ class McapSink(Sink):
     """Every frame into one MCAP file for Foxglove Studio (see :mod:`perception.viz.mcap_writer`).
 
     Writes the frame's points, cameras and ego pose, the prediction's boxes on ``/detections``, its plan
-    on ``/plan`` and Gaussians on ``/gaussians`` and, when the item has ground truth, its boxes on
-    ``/ground_truth``.
+    on ``/plan`` and Gaussians on ``/gaussians``, its depth maps on ``/depth/<camera>`` and, when the
+    item has ground truth, its boxes on ``/ground_truth``.
     """
 
     def __init__(self, path: str | Path, **writer_kwargs: Any) -> None:
@@ -299,7 +299,8 @@ class McapSink(Sink):
         self.writer.write_frame(it.frame, pred.detections if pred is not None else None,
                                 it.targets.boxes if it.targets is not None else None,
                                 model=pred.model if pred is not None else "",
-                                plan=pred.plan if pred is not None else None)
+                                plan=pred.plan if pred is not None else None,
+                                depth=getattr(pred, "depth", None))
 
     def close(self) -> dict[str, Any]:
         return self.writer.close()

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from perception.structures import BevGaussians, Boxes3D, Detections, EgoPose, Frame, PlanningOutput
+from perception.structures.depth import DepthOutput
 from perception.viz.colors import CANDIDATE_COLOR, PLAN_COLOR, class_color
 
 # --------------------------------------------------------------------------------------------
@@ -353,13 +354,14 @@ class McapWriter:
 
     # -- one frame ---------------------------------------------------------------------------
     def write_frame(self, frame: Frame, detections: Detections | None = None, ground_truth: Boxes3D | None = None,
-                    model: str = "", plan: PlanningOutput | None = None) -> None:
+                    model: str = "", plan: PlanningOutput | None = None, depth: DepthOutput | None = None) -> None:
         """Write ``frame``'s point cloud, cameras and ego pose, plus ``detections`` / ``ground_truth`` / ``plan``.
 
         All messages are logged at ``to_ns(frame.timestamp)``. A frame without LiDAR gets no
         ``/lidar`` message; ``detections=None`` (no model ran) no ``/detections`` message, while
         empty detections write an empty scene (clearing the last frame's boxes). ``plan`` writes
-        ``/plan`` and, when it has Gaussians, ``/gaussians``.
+        ``/plan`` and, when it has Gaussians, ``/gaussians``. ``depth`` writes each camera's predicted depth
+        as a colourised image on ``/depth/<camera>`` (:func:`perception.viz.depth.depth_to_rgb`).
         """
         ns = to_ns(frame.timestamp)
         if frame.lidar:
@@ -385,6 +387,12 @@ class McapWriter:
         for name, cam in frame.cameras.items():
             self.write(f"/camera/{name}", "foxglove.CompressedImage", ns,
                        compressed_image_message(to_ns(cam.timestamp), cam.image, name, self.jpeg_quality))
+        if depth is not None:
+            from perception.viz.depth import depth_to_rgb
+
+            for name, dm in depth.maps.items():
+                self.write(f"/depth/{name}", "foxglove.CompressedImage", ns,
+                           compressed_image_message(to_ns(dm.timestamp), depth_to_rgb(dm), name, self.jpeg_quality))
         if frame.ego_pose is not None:
             self.write("/tf", "foxglove.FrameTransform", ns,
                        frame_transform_message(to_ns(frame.ego_pose.timestamp), frame.ego_pose))

@@ -212,8 +212,10 @@ class PFDepth(BaseModel):
         self.latent = nn.Parameter(torch.randn(G, gaussian_dim, generator=gen) * 0.1)
         self.cell = torch.tensor([sx * vs[0], sy * vs[1], sz * vs[2]], dtype=torch.float32)
         self.gauss_mlp = nn.Sequential(nn.Linear(C + gaussian_dim, 32), nn.ReLU(inplace=True), nn.Linear(32, 3 + 3 + 4 + 1 + C))
-        nn.init.zeros_(self.gauss_mlp[-1].weight)
-        nn.init.zeros_(self.gauss_mlp[-1].bias)
+        with torch.no_grad():  # Gaussians start on their anchors, isotropic; their features small, not zero
+            self.gauss_mlp[-1].weight[:11].zero_()
+            self.gauss_mlp[-1].weight[11:].normal_(0.0, 0.01, generator=gen)
+            self.gauss_mlp[-1].bias.zero_()
         # rendering: density + features from the volume; far range per pixel; per-view refinement
         self.decode = nn.Conv3d(C, 1 + 8, 1)
         nn.init.constant_(self.decode.bias[:1], -2.0)
