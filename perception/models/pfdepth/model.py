@@ -382,9 +382,14 @@ class PFDepth(BaseModel):
         return out
 
     @torch.no_grad()
-    def predict_depth(self, frames: Sequence[Frame]) -> list[DepthOutput]:
-        """Inference on raw frames (the pipeline's entry): one :class:`DepthOutput` per frame."""
+    def predict_depth(self, frames: Sequence[Frame], cameras: Sequence[str] | None = None) -> list[DepthOutput]:
+        """Inference on raw frames (the pipeline's entry): one :class:`DepthOutput` per frame.
+
+        ``cameras``: the views to use and render (any rig: the weights are shared by every view of a
+        type); None: the configured ones.
+        """
         self.eval()
         pre = self.data_preprocessor
-        x = build_inputs(frames, pre.cameras, pre.sizes, pre.grid, pre.stride, pre.cache).to(self.latent.device)
+        cams = pre.cameras if cameras is None else tuple(cameras)
+        x = build_inputs(frames, cams, pre.sizes, pre.grid, pre.stride, pre.cache).to(self.latent.device)
         return self.forward(x, mode="predict")
