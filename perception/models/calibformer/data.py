@@ -1,0 +1,217 @@
+"""CalibFormer's typed inputs and targets, built from any :class:`~perception.structures.Frame`.
+
+One sample is one (camera, LiDAR) pair of one frame:
+
+- :class:`CalibInput` (what the car sees): the camera image preprocessed to the model's size
+  (``image [3, H, W]`` float, ImageNet-normalised, by :class:`perception.pipeline.camera.CameraPreprocess`,
+  with the camera model rescaled to match), the LiDAR points ``[N, 3]`` in the LiDAR frame, and the
+  *current* (possibly miscalibrated) extrinsic ``init [4, 4]`` camera-from-LiDAR;
+- :class:`CalibTarget` (ground truth, training and evaluation only): the true extrinsic.
+
+:class:`CalibSimDataset` draws pairs from the synthetic world (the navsim rig's three pinholes and
+its HDL-64 LiDAR) and miscalibrates them with :func:`~.geometry.sample_miscalibration`: randomly
+per call for training, from a seed per index for evaluation (the same perturbations every run).
+Frames are rendered once through :class:`perception.data.dataset.SimDataset` (sharing its on-disk
+cache) and kept compact (the resized image and at most ``max_points`` points near the camera's view).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from perception.geometry.camera_base import CameraModel
+from perception.models.calibformer.geometry import DEFAULT_RANGE, sample_miscalibration
+from perception.structures import Frame
+
+
+@dataclass(frozen=True)
+class CalibInput:
+    """One camera-LiDAR pair: ``image [3, H, W]`` float32 normalised, its ``camera`` at ``H x W``,
+    ``points [N, 3]`` float32 in the LiDAR frame (finite), ``init [4, 4]`` float64 camera-from-LiDAR."""
+
+    token: str
+    image: torch.Tensor
+    camera: CameraModel
+    points: np.ndarray
+    init: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 3 or self.image.shape[0] != 3:
+            raise ValueError(f"CalibInput ({self.token}): image must be [3, H, W], got {tuple(self.image.shape)}")
+        if tuple(self.image.shape[1:]) != (self.camera.height, self.camera.width):
+            raise ValueError(f"CalibInput ({self.token}): image {tuple(self.image.shape[1:])} does not match its camera "
+                             f"{self.camera.height}x{self.camera.width}")
+        pts = np.asarray(self.points)
+        if pts.ndim != 2 or pts.shape[1] != 3:
+            raise ValueError(f"CalibInput ({self.token}): points must be [N, 3], got {pts.shape}")
+        if len(pts) == 0:
+            raise ValueError(f"CalibInput ({self.token}): no LiDAR points")
+        if not np.isfinite(pts).all():
+            raise ValueError(f"CalibInput ({self.token}): non-finite points (filter them with finite_points first)")
+        init = np.asarray(self.init, np.float64)
+        if init.shape != (4, 4) or not np.isfinite(init).all():
+            raise ValueError(f"CalibInput ({self.token}): init must be a finite [4, 4] extrinsic, got {init.shape}")
+        object.__setattr__(self, "points", np.ascontiguousarray(pts, np.float32))
+        object.__setattr__(self, "init", init)
+
+
+@dataclass(frozen=True)
+class CalibTarget:
+    """The true camera-from-LiDAR extrinsic ``cam_from_lidar [4, 4]``."""
+
+    cam_from_lidar: np.ndarray
+
+
+@dataclass(frozen=True)
+class CalibSample:
+    inputs: CalibInput
+    target: CalibTarget | None = None
+
+
+def finite_points(points: np.ndarray) -> tuple[np.ndarray, int]:
+    """``points [N, >=3]`` → finite xyz ``[M, 3]`` float32 and the number left out (documented fallback: NaN/inf dropped, counted)."""
+    pts = np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise ValueError(f"finite_points: expected [N, >=3] points, got shape {pts.shape}")
+    ok = np.isfinite(pts[:, :3]).all(1)
+    return np.ascontiguousarray(pts[ok, :3], np.float32), int((~ok).sum())
+
+
+def view_points(points: np.ndarray, cam_from_lidar: np.ndarray, camera: CameraModel, margin_deg: float = 25.0,
+                max_depth: float = 80.0, max_points: int | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The points ``[M, 3]`` (LiDAR frame) within ``margin_deg`` of the camera's view and ``max_depth`` of it, at most
+    ``max_points`` of them (a uniform random subset). The margin keeps points a miscalibration can bring into view."""
+    cam = points.astype(np.float64) @ cam_from_lidar[:3, :3].T + cam_from_lidar[:3, 3]
+    fx = getattr(camera, "fx", None)
+    z = cam[:, 2]
+    keep = (z > 0.1) & (np.linalg.norm(cam, axis=1) < max_depth)
+    if fx is not None:  # pinhole: a widened frustum; other models: the front half-space
+        half_w = np.arctan(max(camera.cx + 0.5, camera.width - camera.cx - 0.5) / camera.fx) + np.radians(margin_deg)
+        half_h = np.arctan(max(camera.cy + 0.5, camera.height - camera.cy - 0.5) / camera.fy) + np.radians(margin_deg)
+        keep &= (np.abs(np.arctan2(cam[:, 0], z)) < half_w) & (np.abs(np.arctan2(cam[:, 1], z)) < half_h)
+    idx = np.flatnonzero(keep)
+    if max_points is not None and len(idx) > max_points:
+        idx = np.sort((rng or np.random.default_rng(0)).choice(idx, max_points, replace=False))
+    return points[idx]
+
+
+def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | None = None,
+                init: np.ndarray | None = None, max_points: int | None = None) -> tuple[CalibInput, int]:
+    """``frame``'s ``camera`` and ``lidar`` (default: the only LiDAR) as a :class:`CalibInput` at ``size = (W, H)``.
+
+    ``init`` is the extrinsic to start from (default: the frame's own calibration). Returns the input and the
+    number of non-finite points left out.
+    """
+    from perception.pipeline.camera import CameraConfig, CameraPreprocess
+
+    if camera not in frame.cameras:
+        raise KeyError(f"calib_input ({frame.token}): no image from camera {camera!r}; cameras are {tuple(frame.cameras)}")
+    if lidar is None:
+        if len(frame.lidar) != 1:
+            raise ValueError(f"calib_input ({frame.token}): {len(frame.lidar)} LiDARs {tuple(frame.lidar)}; name one")
+        lidar = next(iter(frame.lidar))
+    cloud = frame.lidar[lidar]
+    if cloud.frame_id != lidar:
+        raise ValueError(f"calib_input ({frame.token}): points of {lidar!r} are in frame {cloud.frame_id!r}, want the sensor frame")
+    pts, n_bad = finite_points(cloud.points)
+    if len(pts) == 0:
+        raise ValueError(f"calib_input ({frame.token}): LiDAR {lidar!r} has no finite points ({n_bad} non-finite)")
+    cam = CameraPreprocess(CameraConfig(size=tuple(size))).process(frame.cameras[camera])
+    if cam.camera is None:
+        raise ValueError(f"calib_input ({frame.token}): camera model {type(frame.cameras[camera].camera).__name__} "
+                         "cannot be rescaled")
+    t = frame.calib.transform(camera, lidar).matrix if init is None else np.asarray(init, np.float64)
+    pts = view_points(pts, t, cam.camera, max_points=max_points)
+    return CalibInput(f"{frame.token}/{camera}", cam.image, cam.camera, pts, t), n_bad
+
+
+class CalibSimDataset(Dataset):
+    """Camera-LiDAR pairs of synthetic sequences ``seeds`` (frames ``0..frames-1``, every camera of ``cameras``).
+
+    ``ranges``: ``[(max_deg, max_m), ...]``; each sample's miscalibration is drawn from one of them (uniformly
+    chosen), so a mix of wide and narrow ranges teaches both the first step and the refinement steps.
+    ``fixed_seed``: None draws fresh perturbations on every call (training); an int makes sample ``i``'s
+    perturbation a function of ``(fixed_seed, i)`` (evaluation). ``cache_dir`` keeps the compact pairs
+    (``calib_<key>.pkl``) on disk, ``sim_cache_dir`` the rendered frames (``SimDataset``'s cache; with
+    ``sim_frames=30`` the GaussianFusion config's renders are reused).
+    """
+
+    def __init__(self, seeds: Sequence[int] = (0,), frames: int = 4, cameras: Sequence[str] = ("CAM_L0", "CAM_F0", "CAM_R0"),
+                 size: Sequence[int] = (160, 96), max_points: int = 20000,
+                 ranges: Sequence[Sequence[float]] = (DEFAULT_RANGE,), fixed_seed: int | None = None,
+                 cache_dir: str | Path | None = None, sim_cache_dir: str | Path | None = None,
+                 sim_frames: int | None = None) -> None:
+        self.seeds, self.frames = [int(s) for s in seeds], int(frames)
+        self.cameras, self.size = tuple(cameras), (int(size[0]), int(size[1]))
+        self.max_points = int(max_points)
+        self.ranges = [(float(r), float(t)) for r, t in ranges]
+        if not self.ranges:
+            raise ValueError("CalibSimDataset: ranges must not be empty")
+        self.fixed_seed = fixed_seed
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.sim_cache_dir = sim_cache_dir
+        self.sim_frames = int(sim_frames or frames)  # length of the simulated sequences (shares SimDataset's cache)
+        if self.frames > self.sim_frames:
+            raise ValueError(f"CalibSimDataset: frames={frames} > sim_frames={self.sim_frames}")
+        self.metainfo = {"source": "sim", "cameras": self.cameras}
+        self._pairs: list | None = None
+        self._rng = np.random.default_rng()
+
+    def _key(self) -> str:
+        spec = (self.seeds, self.frames, self.sim_frames, self.cameras, self.size, self.max_points)
+        return hashlib.sha1(repr(spec).encode()).hexdigest()[:12]
+
+    def pairs(self) -> list[tuple[str, torch.Tensor, CameraModel, np.ndarray, np.ndarray]]:
+        """``(token, image, camera, points, true extrinsic)`` per pair, built once (and cached on disk)."""
+        if self._pairs is not None:
+            return self._pairs
+        path = self.cache_dir / f"calib_{self._key()}.pkl" if self.cache_dir is not None else None
+        if path is not None and path.is_file():
+            import pickle
+
+            self._pairs = pickle.loads(path.read_bytes())  # a cache this class wrote itself
+            return self._pairs
+        from perception.data.dataset import SimDataset
+
+        sim = SimDataset(self.seeds, frames=self.sim_frames, lidar="hdl64", render_cameras=True, rigs=("navsim",),
+                         cache=False, cache_dir=self.sim_cache_dir)
+        pairs = []
+        for s in range(len(self.seeds)):
+            for k in range(self.frames):
+                frame = sim[s * self.sim_frames + k].frame
+                for cam in self.cameras:
+                    x, _ = calib_input(frame, cam, self.size, max_points=self.max_points)
+                    pairs.append((x.token, x.image.half(), x.camera, x.points, x.init))
+        if path is not None:
+            import os
+            import pickle
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(pickle.dumps(pairs, protocol=5))
+            os.replace(tmp, path)
+        self._pairs = pairs
+        return pairs
+
+    def __len__(self) -> int:
+        return len(self.seeds) * self.frames * len(self.cameras)
+
+    def __getitem__(self, i: int) -> CalibSample:
+        if not 0 <= i < len(self):
+            raise IndexError(f"CalibSimDataset: index {i} out of range for {len(self)} samples")
+        token, image, camera, points, truth = self.pairs()[i]
+        rng = self._rng if self.fixed_seed is None else np.random.default_rng([self.fixed_seed, i])
+        max_deg, max_m = self.ranges[int(rng.integers(len(self.ranges)))]
+        init = sample_miscalibration(rng, max_deg, max_m).apply(truth)
+        return CalibSample(CalibInput(token, image.float(), camera, points, init), CalibTarget(truth))
+
+
+def collate_calib(batch: list[CalibSample]) -> list[CalibSample]:
+    """mmengine ``collate_fn``: a batch stays a list of typed samples."""
+    return list(batch)

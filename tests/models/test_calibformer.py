@@ -1,0 +1,169 @@
+"""CalibFormer: the miscalibration algebra, sparse depth images, correlation, inputs from frames, and learning."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from perception.geometry.cameras import PinholeCamera
+from perception.models.calibformer.data import (CalibInput, CalibSample, CalibSimDataset, CalibTarget, calib_input,
+                                                finite_points)
+from perception.models.calibformer.geometry import (LCCNET_RANGE, Miscalibration, depth_image, quat_angle,
+                                                    quat_from_matrix, quat_to_matrix, sample_miscalibration)
+from perception.models.calibformer.model import CalibFormer, local_correlation
+
+CAM = PinholeCamera(width=16, height=8, fx=10.0, fy=10.0, cx=7.0, cy=3.0)
+
+
+def test_miscalibration_sampler_ranges_and_inverse():
+    rng = np.random.default_rng(0)
+    gt = np.eye(4)
+    gt[:3, 3] = [0.1, -0.2, 0.3]
+    for _ in range(50):
+        m = sample_miscalibration(rng, *LCCNET_RANGE)
+        assert np.all(np.abs(Rotation.from_matrix(m.rotation).as_euler("xyz", degrees=True)) <= 20.0 + 1e-9)
+        assert np.all(np.abs(m.translation) <= 1.5)
+        init = m.apply(gt)
+        # the correction from init back to the truth is the inverse miscalibration, and undoes it exactly
+        corr = Miscalibration.between(init, gt)
+        np.testing.assert_allclose(corr.apply(init), gt, atol=1e-12)
+        np.testing.assert_allclose(corr.rotation, m.inverse().rotation, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\[4, 4\]"):
+        m.apply(np.eye(3))
+    with pytest.raises(ValueError, match=">= 0"):
+        sample_miscalibration(rng, -1.0, 0.1)
+
+
+def test_quaternions_round_trip_and_angle():
+    r = Rotation.from_rotvec([[0.0, 0.0, 0.0], [0.1, -0.2, 0.05], [0.0, np.pi / 2, 0.0]]).as_matrix()
+    q = torch.from_numpy(quat_from_matrix(r))
+    assert (q[:, 0] >= 0).all()
+    np.testing.assert_allclose(quat_to_matrix(q).numpy(), r, atol=1e-12)
+    ang = quat_angle(q, q[:1].expand(3, 4)).numpy()
+    np.testing.assert_allclose(ang, [0.0, np.linalg.norm([0.1, -0.2, 0.05]), np.pi / 2], atol=1e-5)
+    assert quat_angle(q[1], -q[1]).item() == pytest.approx(0.0, abs=1e-5)  # q and -q: the same rotation
+
+
+def test_depth_image_keeps_the_nearest_point_per_pixel():
+    pts = torch.tensor([[0.0, 0.0, 4.0], [0.0, 0.0, 2.0],  # the same pixel (7, 3): the nearest wins
+                        [1.0, 0.0, 10.0],  # pixel (8, 3)
+                        [0.0, 0.0, -3.0], [50.0, 0.0, 1.0],  # behind the camera, outside the image
+                        [0.0, 0.0, 100.0]], dtype=torch.float64)  # beyond max_depth
+    d = depth_image(pts, CAM, max_depth=80.0, min_depth=0.5)
+    assert d.shape == (2, 8, 16)
+    assert d[1].sum() == 2
+    assert d[0, 3, 7] == pytest.approx(0.5 / 2.0) and d[0, 3, 8] == pytest.approx(0.5 / 10.0)
+    with pytest.raises(ValueError, match=r"\[N, 3\]"):
+        depth_image(pts[:, :2], CAM)
+
+
+def test_local_correlation_matches_a_direct_sum():
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 8, 5, 6), torch.randn(2, 8, 5, 6)
+    c = local_correlation(a, b, heads=2, window=1)  # [2, 2*9, 5, 6]
+    assert c.shape == (2, 18, 5, 6)
+    for g, (dy, dx), (y, x) in [(0, (0, 0), (2, 3)), (1, (-1, 1), (2, 3)), (1, (1, -1), (4, 0))]:
+        ch = g * 9 + (dy + 1) * 3 + (dx + 1)
+        yy, xx = y + dy, x + dx
+        want = (a[0, g * 4:(g + 1) * 4, y, x] * b[0, g * 4:(g + 1) * 4, yy, xx]).sum() / 2.0 if 0 <= yy < 5 and 0 <= xx < 6 else 0.0
+        assert c[0, ch, y, x].item() == pytest.approx(float(want), abs=1e-5)
+    with pytest.raises(ValueError, match="heads"):
+        local_correlation(a, b, heads=3, window=1)
+
+
+def test_inputs_reject_bad_points_and_count_non_finite():
+    img = torch.zeros(3, 8, 16)
+    with pytest.raises(ValueError, match="non-finite"):
+        CalibInput("t", img, CAM, np.array([[0.0, np.nan, 1.0]]), np.eye(4))
+    with pytest.raises(ValueError, match="no LiDAR points"):
+        CalibInput("t", img, CAM, np.zeros((0, 3)), np.eye(4))
+    with pytest.raises(ValueError, match=r"init must be a finite \[4, 4\]"):
+        CalibInput("t", img, CAM, np.ones((2, 3)), np.eye(3))
+    with pytest.raises(ValueError, match="does not match"):
+        CalibInput("t", torch.zeros(3, 9, 16), CAM, np.ones((2, 3)), np.eye(4))
+    pts, n_bad = finite_points(np.array([[1.0, 2.0, 3.0, 0.5], [np.inf, 0.0, 0.0, 0.1], [0.0, 0.0, np.nan, 0.0]]))
+    assert n_bad == 2 and pts.shape == (1, 3)
+
+
+@pytest.fixture(scope="module")
+def sim_pairs():
+    """Camera-LiDAR pairs of one rendered synthetic frame (the 3 front pinholes), miscalibrated +-10 deg / 0.25 m."""
+    return CalibSimDataset(seeds=[7], frames=1, size=(64, 32), max_points=4000, fixed_seed=0)
+
+
+def test_pairs_from_a_synthetic_frame(sim_pairs):
+    assert len(sim_pairs) == 3
+    s = sim_pairs[1]
+    assert s.inputs.image.shape == (3, 32, 64) and s.inputs.camera.width == 64
+    assert 0 < len(s.inputs.points) <= 4000
+    # the perturbation is deterministic per index, and within the range it was drawn from
+    again = sim_pairs[1]
+    np.testing.assert_array_equal(s.inputs.init, again.inputs.init)
+    corr = Miscalibration.between(s.inputs.init, s.target.cam_from_lidar)
+    assert 0 < corr.angle_deg <= 10.0 * np.sqrt(3) and np.abs(corr.translation).max() <= 0.25
+    # through the true extrinsic, the sparse depth agrees with the rendered frame: most points land in the image
+    truth = s.target.cam_from_lidar
+    pts = torch.from_numpy(s.inputs.points).double() @ torch.from_numpy(truth[:3, :3]).T + torch.from_numpy(truth[:3, 3])
+    assert depth_image(pts, s.inputs.camera)[1].mean() > 0.2
+
+
+def test_calib_input_from_a_frame_uses_the_frame_calibration(sim_pairs):
+    from perception.sim.scene import SimConfig, SimSequence
+
+    frame = SimSequence(7, SimConfig(frames=1, rigs=("navsim",)))[0].frame
+    x, n_bad = calib_input(frame, "CAM_F0", (64, 32), max_points=1000)
+    np.testing.assert_allclose(x.init, frame.calib.transform("CAM_F0", "LIDAR_TOP").matrix)
+    assert n_bad == 0 and len(x.points) == 1000
+    with pytest.raises(KeyError, match="no image from camera"):
+        calib_input(frame, "CAM_B0", (64, 32))
+
+
+def test_untrained_model_starts_at_the_identity_correction(sim_pairs):
+    model = CalibFormer(widths=(8, 16, 16, 16), feat_dim=16, dim=32, heads=2, corr_heads=2, enc_layers=1,
+                        dec_layers=1, iterations=2).eval()
+    batch = [sim_pairs[i] for i in range(3)]
+    data = model.data_preprocessor(batch)
+    preds = model(**data, mode="predict")
+    assert len(preds) == 3 and preds[0].steps.shape == (3, 4, 4)
+    for p, s in zip(preds, batch):
+        np.testing.assert_allclose(p.cam_from_lidar, s.inputs.init, atol=1e-6)
+    with pytest.raises(ValueError, match="true extrinsic"):
+        model(data["inputs"], [None] * 3, mode="loss")
+
+
+def test_model_learns_the_corrections_of_a_few_pairs(sim_pairs):
+    """The loss falls and the corrections come closer to the truth (a few pairs, fixed perturbations)."""
+    torch.manual_seed(0)
+    model = CalibFormer(widths=(8, 16, 16, 16), feat_dim=16, dim=32, heads=2, corr_heads=2, enc_layers=1,
+                        dec_layers=1, iterations=1)
+    batch = [sim_pairs[i] for i in range(3)]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        data = model.data_preprocessor(batch, True)
+        loss = sum(model(**data, mode="loss").values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:3])
+    model.eval()
+    from perception.eval.calibration import before_after
+
+    preds = model(**model.data_preprocessor(batch), mode="predict")
+    r = before_after(np.stack([p.init for p in preds]), np.stack([p.cam_from_lidar for p in preds]),
+                     np.stack([s.target.cam_from_lidar for s in batch]))
+    assert r["rot_reduction"] > 2.0 and r["trans_reduction"] > 2.0
+
+
+def test_preprocessor_rejects_mixed_sizes_and_wrong_types(sim_pairs):
+    model = CalibFormer(widths=(8, 16, 16, 16), feat_dim=16, dim=32, heads=2, corr_heads=2, enc_layers=1, dec_layers=1)
+    s = sim_pairs[0]
+    other = CalibSample(CalibInput("x", torch.zeros(3, 16, 32), PinholeCamera(width=32, height=16, fx=20.0, fy=20.0,
+                                                                               cx=15.5, cy=7.5),
+                                   s.inputs.points, s.inputs.init), CalibTarget(np.eye(4)))
+    with pytest.raises(ValueError, match="one image size"):
+        model.data_preprocessor([s, other])
+    with pytest.raises(TypeError, match="CalibSample"):
+        model.data_preprocessor([s.inputs])
