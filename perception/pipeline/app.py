@@ -82,17 +82,28 @@ def run_pipeline(samples: Iterable[Sample], calib, reference: str, out: Path, cf
     cfg = cfg or PipelineConfig()
     out.mkdir(parents=True, exist_ok=True)
     targets: dict[str, Targets | None] = {}
-    frames: dict = {}
     sync, stream = synchronized_frames(_keep_targets(samples, targets), calib, reference,
                                        tolerance=cfg.sync_tolerance, with_cameras=with_cameras)
+    sinks = MultiSink(PredictionTable(out / "predictions.parquet"), McapSink(out / "demo.mcap"),
+                      PngSink(out / "png", every=cfg.png_every))
+    return run_frames(stream, sync, calib, sinks, cfg, workers, total, with_cameras, targets)
+
+
+def run_frames(stream: Iterable, sync, calib, sinks: MultiSink, cfg: PipelineConfig | None = None, workers: int = 1,
+               total: int | None = None, with_cameras: bool = True, targets: dict | None = None) -> dict:
+    """Synchronized frames (``sync.frames(...)``) through the stages into ``sinks`` (closed at the end).
+
+    ``targets``: ground truth by frame token, joined back for the sinks (filled while ``stream`` runs).
+    Returns the run summary as :func:`run_pipeline` does.
+    """
+    cfg = cfg or PipelineConfig()
+    targets = {} if targets is None else targets
+    frames: dict = {}
 
     def remember(it):
         for f in it:
             frames[f.token] = f
             yield f
-
-    sinks = MultiSink(PredictionTable(out / "predictions.parquet"), McapSink(out / "demo.mcap"),
-                      PngSink(out / "png", every=cfg.png_every))
 
     def sink(pred) -> None:  # joins the driver-side frame and ground truth back by token
         token = pred.token if isinstance(pred, FramePrediction) else pred.frame.token
