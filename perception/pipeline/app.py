@@ -31,7 +31,9 @@ DETECTOR = (ROOT / "configs/msf/msf_sim_cpu.py", ROOT / "checkpoints/msf_sim_cpu
 # the released weights take no agent tokens: max_agents=0), trained on the synthetic world (README: "GaussianFusion")
 PLANNER = (ROOT / "configs/gaussian_fusion/gaussian_fusion_sim_cpu.py",
            ROOT / "checkpoints/gaussian_fusion_sim_cpu.safetensors")
-DEFAULT_MODELS = (DETECTOR, PLANNER)
+# PFDepth, depth for 2 pinholes + 2 fisheyes from one Gaussian-splatted volume, after the planner (README: "PFDepth")
+DEPTH = (ROOT / "configs/pfdepth/pfdepth_sim_cpu.py", ROOT / "checkpoints/pfdepth_sim_cpu.safetensors")
+DEFAULT_MODELS = (DETECTOR, PLANNER, DEPTH)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class PipelineConfig:
     models: tuple[tuple[Path, Path], ...] = DEFAULT_MODELS  # (config, checkpoint) pairs
     sync_tolerance: float = 0.05
     png_every: int = 5
+    # CalibFormer extrinsic-health check in the driver: (config, checkpoint) or None; see run_pipeline
+    extrinsic_check: tuple[Path, Path] | None = None
+    extrinsic_check_every: int = 5
 
 
 def stage_factories(cfg: PipelineConfig, cameras: tuple[str, ...]) -> tuple[list, list[str], list[list[int]]]:
@@ -99,10 +104,17 @@ def run_frames(stream: Iterable, sync, calib, sinks: MultiSink, cfg: PipelineCon
     cfg = cfg or PipelineConfig()
     targets = {} if targets is None else targets
     frames: dict = {}
+    health = None  # CalibFormer's extrinsic-health check on the driver's frames (cfg.extrinsic_check)
+    if cfg.extrinsic_check is not None:
+        from perception.models.calibformer.calibrate import Calibrator, ExtrinsicHealthCheck
+
+        health = ExtrinsicHealthCheck(Calibrator(*cfg.extrinsic_check), every=cfg.extrinsic_check_every)
 
     def remember(it):
         for f in it:
             frames[f.token] = f
+            if health is not None:
+                health(f)
             yield f
 
     def sink(pred) -> None:  # joins the driver-side frame and ground truth back by token
@@ -133,6 +145,8 @@ def run_frames(stream: Iterable, sync, calib, sinks: MultiSink, cfg: PipelineCon
         result = summary.to_dict()
     result["sinks"] = {k: {n: str(v) if isinstance(v, Path) else v for n, v in r.items()}
                        for k, r in sinks.close().items()}  # close() is idempotent: the with-block closed it
+    if health is not None:
+        result["extrinsic_health"] = health.summary()  # per camera: median CalibFormer correction, drifted or not
     result["mode"] = "in-process" if workers == 0 else "ray"
     result["seconds"] = round(time.perf_counter() - t0, 3)
     return result

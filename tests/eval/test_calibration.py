@@ -72,3 +72,10 @@ def test_bad_shapes_and_nan_are_errors():
         calibration_errors(bad, GT)
     with pytest.raises(ValueError, match="2 estimates but 3"):
         calibration_errors(np.stack([GT, GT]), np.stack([GT, GT, GT]))
+
+
+def test_identical_extrinsics_give_zero_error_even_when_nearly_orthonormal():
+    gt = GT.copy()
+    gt[:3, :3] += 1e-7 * np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]])  # a real calibration's small defect
+    e = calibration_errors(gt, gt)
+    assert e["rot_geodesic_deg"][0] < 1e-6 and e["trans_norm_cm"][0] == 0.0

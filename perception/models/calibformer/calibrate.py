@@ -1,0 +1,166 @@
+"""Calibrating a sequence with a trained CalibFormer, and the pipeline's extrinsic-health check.
+
+:class:`Calibrator` runs the model on every frame of a sequence for one (camera, LiDAR) pair, from
+one starting extrinsic, and aggregates the per-frame corrections robustly: the component-wise
+median of their rotation vectors and translations (one bad frame, e.g. a frame with the view
+blocked, moves the result by at most one rank). Corrections are small (at most tens of degrees), so
+the rotation vector is a fair coordinate for a median.
+
+Real cameras are fed at the model's trained *focal length* in pixels (``focal_px``, 114 px for the
+160x96 synthetic training images), not at its training image size: the image is scaled so that its
+focal length matches, rounded to a multiple of 16 pixels (so KITTI-360's 1408x376 becomes 288x80).
+The model's ray positional encoding carries the rest of the intrinsics.
+
+:class:`ExtrinsicHealthCheck` runs the same estimate on frames as the pipeline sees them (from the
+frame's own calibration) and keeps, per camera, the median correction over the last ``window``
+checks; a camera whose median correction exceeds the thresholds is *drifted*, and the run summary
+says so (``summary()``).
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.spatial.transform import Rotation
+
+from perception.geometry.camera_base import CameraModel
+from perception.models.calibformer.data import CalibSample, calib_input
+from perception.models.calibformer.geometry import Miscalibration
+from perception.structures import Frame
+
+ROOT = Path(__file__).resolve().parents[3]
+# the released model, trained on the synthetic world (README: "CalibFormer")
+RELEASED = (ROOT / "configs/calibformer/calibformer_sim_cpu.py", ROOT / "checkpoints/calibformer_sim_cpu.safetensors")
+TRAINED_FOCAL_PX = 114.0  # the synthetic pinholes' focal length at the 160x96 training size
+
+
+def model_size(camera: CameraModel, focal_px: float = TRAINED_FOCAL_PX, multiple: int = 16) -> tuple[int, int]:
+    """``(W, H)`` at which ``camera`` (a pinhole: ``fx``) images with focal length ``focal_px``, rounded to ``multiple``."""
+    fx = getattr(camera, "fx", None)
+    if fx is None:
+        raise ValueError(f"model_size: {type(camera).__name__} has no focal length fx; CalibFormer here takes pinholes")
+    s = focal_px / fx
+    return (max(multiple, int(round(camera.width * s / multiple)) * multiple),
+            max(multiple, int(round(camera.height * s / multiple)) * multiple))
+
+
+def median_correction(corrections: Sequence[Miscalibration]) -> Miscalibration:
+    """Component-wise median of the corrections' rotation vectors and translations."""
+    if not corrections:
+        raise ValueError("median_correction: no corrections")
+    rv = np.median(np.stack([Rotation.from_matrix(c.rotation).as_rotvec() for c in corrections]), 0)
+    t = np.median(np.stack([c.translation for c in corrections]), 0)
+    return Miscalibration(Rotation.from_rotvec(rv).as_matrix(), t)
+
+
+@dataclass(frozen=True)
+class SequenceCalibration:
+    """``estimate [4, 4]`` (camera-from-LiDAR) from ``init [4, 4]`` over ``tokens``; ``per_frame [F, 4, 4]`` the
+    single-frame estimates; ``skipped`` frames that could not be used, with the reason."""
+
+    init: np.ndarray
+    estimate: np.ndarray
+    per_frame: np.ndarray
+    tokens: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+class Calibrator:
+    """A trained CalibFormer (``config``, ``checkpoint``: see :class:`perception.pipeline.model_stage.ModelStage`)."""
+
+    def __init__(self, config: str | Path = RELEASED[0], checkpoint: str | Path = RELEASED[1], iterations: int | None = None,
+                 focal_px: float = TRAINED_FOCAL_PX, device: str = "cpu") -> None:
+        from perception.pipeline.model_stage import ModelStage
+
+        self.model = ModelStage(str(config), str(checkpoint), device=device, carry=False).model  # safe loading
+        self.iterations = iterations
+        self.focal_px = focal_px
+
+    @torch.no_grad()
+    def estimate_frame(self, frame: Frame, camera: str, init: np.ndarray, lidar: str | None = None) -> np.ndarray:
+        """One frame's estimated ``[4, 4]`` camera-from-LiDAR, refined from ``init``."""
+        size = model_size(frame.calib.cameras[camera], self.focal_px)
+        x, _ = calib_input(frame, camera, size, lidar=lidar, init=init)
+        data = self.model.data_preprocessor([CalibSample(x)])
+        return self.model.predict(data["inputs"], self.iterations)[0].cam_from_lidar
+
+    def calibrate(self, frames: Sequence[Frame], camera: str, init: np.ndarray, lidar: str | None = None) -> SequenceCalibration:
+        """Per-frame estimates from ``init`` and their robust aggregate (frames without the camera or points are skipped)."""
+        init = np.asarray(init, np.float64)
+        per, tokens, skipped = [], [], []
+        for f in frames:
+            try:
+                per.append(self.estimate_frame(f, camera, init, lidar))
+                tokens.append(f.token)
+            except (KeyError, ValueError) as e:  # a frame without this camera, or without finite points
+                skipped.append((f.token, str(e)))
+        if not per:
+            raise ValueError(f"Calibrator: no usable frame for camera {camera!r}: {skipped[:3]}")
+        corr = median_correction([Miscalibration.between(init, p) for p in per])
+        return SequenceCalibration(init, corr.apply(init), np.stack(per), tuple(tokens), tuple(skipped))
+
+
+@dataclass
+class _CameraHealth:
+    corrections: deque
+    checks: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class ExtrinsicHealthCheck:
+    """Flags a camera whose median CalibFormer correction over the last ``window`` checks exceeds
+    ``rot_threshold_deg`` or ``trans_threshold_cm`` (after at least ``min_checks``). Runs every ``every``-th frame."""
+
+    calibrator: Calibrator
+    cameras: tuple[str, ...] | None = None  # None: every pinhole camera of the frame
+    rot_threshold_deg: float = 2.0
+    trans_threshold_cm: float = 15.0
+    window: int = 10
+    min_checks: int = 3
+    every: int = 1
+    _cams: dict = field(default_factory=dict, repr=False)
+    _seen: int = 0
+
+    def __call__(self, frame: Frame) -> None:
+        self._seen += 1
+        if (self._seen - 1) % self.every:
+            return
+        if len(frame.lidar) != 1:
+            return
+        lidar = next(iter(frame.lidar))
+        for cam in self.cameras or tuple(frame.cameras):
+            model = frame.calib.cameras.get(cam)
+            if model is None or not hasattr(model, "fx"):
+                continue
+            h = self._cams.setdefault(cam, _CameraHealth(deque(maxlen=self.window)))
+            init = frame.calib.transform(cam, lidar).matrix
+            try:
+                est = self.calibrator.estimate_frame(frame, cam, init, lidar)
+            except (KeyError, ValueError):
+                h.skipped += 1  # the camera missing from this frame, or no finite points: counted
+                continue
+            h.corrections.append(Miscalibration.between(init, est))
+            h.checks += 1
+
+    def summary(self) -> dict:
+        """Per camera: checks, skipped, the median correction (deg, cm) and whether it is drifted; ``drifted``: the list."""
+        out: dict = {"rot_threshold_deg": self.rot_threshold_deg, "trans_threshold_cm": self.trans_threshold_cm,
+                     "window": self.window, "cameras": {}, "drifted": []}
+        for cam, h in self._cams.items():
+            row = {"checks": h.checks, "skipped": h.skipped, "median_rot_deg": None, "median_trans_cm": None,
+                   "drifted": False}
+            if h.corrections:
+                med = median_correction(list(h.corrections))
+                row["median_rot_deg"] = round(med.angle_deg, 3)
+                row["median_trans_cm"] = round(float(np.linalg.norm(med.translation)) * 100, 2)
+                row["drifted"] = bool(len(h.corrections) >= self.min_checks and (
+                    med.angle_deg > self.rot_threshold_deg or row["median_trans_cm"] > self.trans_threshold_cm))
+            out["cameras"][cam] = row
+            if row["drifted"]:
+                out["drifted"].append(cam)
+        return out
