@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perception.pipeline.app import DEFAULT_MODELS, DETECTOR, PLANNER, PipelineConfig, run_pipeline, stage_factories
+from perception.pipeline.app import DEFAULT_MODELS, DEPTH, DETECTOR, PLANNER, PipelineConfig, run_pipeline, stage_factories
 from perception.pipeline.model_stage import FramePrediction, ModelStage
 from perception.pipeline.runner import run_inprocess, synchronized_frames
 from perception.sim.scene import LIDAR, SimConfig, SimSequence
@@ -96,7 +96,8 @@ def test_detector_then_planner_in_process_and_on_ray(planner_files, ckpt, ray_lo
 
 
 def test_demo_models_and_the_planner_constant():
-    assert DEFAULT_MODELS == (DETECTOR, PLANNER)  # the demo plans after detecting
+    assert DEFAULT_MODELS == (DETECTOR, PLANNER, DEPTH)  # the demo plans after detecting, then adds depth
+    assert DEPTH[0].is_file() and DEPTH[1].is_file()
     assert PLANNER[0].is_file() and PLANNER[0].name == "gaussian_fusion_sim_cpu.py"
     assert PLANNER[1].is_file() and PLANNER[1].name == "gaussian_fusion_sim_cpu.safetensors"
 
