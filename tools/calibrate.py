@@ -16,8 +16,8 @@ median correction, :mod:`perception.models.calibformer.calibrate`). Writes into 
   and per frame (``perception.eval.calibration``);
 - ``overlay_{before,after,reference}_<token>.png``: LiDAR points coloured by depth drawn through each extrinsic.
 
-``--source bag`` reads through the ROS-bag reader once it is registered with ``perception.data.open_reader``
-(issue #11); until then the tool says so and exits with code 2.
+``--source bag`` reads a ROS1 ``.bag``, a ROS2 ``.db3`` / ``.mcap`` or an MCAP through
+:class:`perception.data.rosbag.RosbagReader` (calibration from ``/tf_static`` and the CameraInfos).
 """
 from __future__ import annotations
 
@@ -53,15 +53,12 @@ def read_extrinsic(path: Path) -> np.ndarray:
 
 
 def open_source(source: str, root: Path):
-    from perception.data import SOURCES as READERS
+    if source == "bag":  # a ROS1 .bag, ROS2 .db3 / .mcap or rosbag2 folder (issue #11's reader; topics auto-detected)
+        from perception.data.rosbag import RosbagReader
+
+        return RosbagReader(root)
     from perception.data import open_reader
 
-    if source == "bag":
-        name = next((n for n in ("bag", "rosbag") if n in READERS), None)
-        if name is None:  # issue #11 registers the ROS-bag reader with open_reader
-            raise DataError(root, "--source bag needs a ROS-bag reader registered in perception.data.open_reader "
-                                  "(issue #11); this checkout has none yet")
-        return open_reader(name, root)
     return open_reader(source, root)
 
 

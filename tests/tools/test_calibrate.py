@@ -51,11 +51,25 @@ def test_calibrate_kitti360_from_a_known_perturbation(data_root, tmp_path):
         assert img.shape == raw.shape and (img != raw).any(axis=2).mean() > 0.02  # points drawn
 
 
-def test_bag_source_says_what_it_needs(tmp_path, capsys):
-    from perception.data import SOURCES
+@needs_data
+@pytest.mark.data
+def test_calibrate_a_ros_bag_written_from_kitti360(data_root, tmp_path):
+    """KITTI-360 frames (LiDAR + image_00) written as a ROS1 bag, calibrated through the ROS-bag reader."""
+    from dataclasses import replace
 
-    if "bag" in SOURCES or "rosbag" in SOURCES:
-        pytest.skip("the ROS-bag reader is registered: --source bag is served by it")
-    with pytest.raises(SystemExit) as e:
-        calibrate.main(["--source", "bag", "--root", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert e.value.code == 2 and "ROS-bag reader" in capsys.readouterr().err
+    from perception.data.kitti360 import Kitti360Reader
+    from perception.data.rosbag_export import write_recording
+    from perception.structures import Calibration, Sample
+
+    reader = Kitti360Reader(data_root / "kitti360")
+    full = reader.calib
+    keep = ("velodyne", "image_00")
+    calib = Calibration({k: full.ego_from_sensor[k] for k in keep}, {"image_00": full.cameras["image_00"]})
+    samples = [Sample(replace(reader.load(i).frame, calib=calib, missing=())) for i in range(2)]
+    bag = write_recording(samples, calib, tmp_path / "k360.bag", "ros1")
+    out = tmp_path / "calib"
+    assert calibrate.main(["--source", "bag", "--root", str(bag), "--perturb", "10", "0.25", "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert len(rep["frames"]) == 2 and rep["before"]["rot_geodesic_deg"] > 0
+    # the bag's rig is the reader's: the reference extrinsic is KITTI-360's
+    np.testing.assert_allclose(rep["reference"], calib.transform(rep["camera"], rep["lidar"]).matrix, atol=1e-5)
