@@ -140,7 +140,6 @@ class ViewBatch:
     kind: str                       # "pinhole" | "fisheye"
     image: torch.Tensor             # [B, 3, H, W] normalised
     has_image: torch.Tensor         # [B] bool
-    present: torch.Tensor           # [B] bool: the frame's rig has this camera at all
     lift_grid: torch.Tensor         # [B, N, 2]
     lift_valid: torch.Tensor        # [B, N] bool
     lift_range: torch.Tensor        # [B, N]
@@ -218,7 +217,7 @@ def build_inputs(frames: Sequence[Frame], cameras: Sequence[str], sizes: dict[st
             return torch.from_numpy(np.stack([getattr(g, attr) for g in geos]))
 
         views.append(ViewBatch(name, kind, torch.from_numpy(np.stack(imgs)), torch.tensor(has),
-                               torch.ones(len(frames), dtype=torch.bool), stack("lift_grid"), stack("lift_valid"),
+                               stack("lift_grid"), stack("lift_valid"),
                                stack("lift_range"), stack("origin"), stack("rays_ego"), stack("rays_cam"),
                                stack("ray_valid"), stack("fov"), stack("ray_z")))
     return DepthInputs(views, [f.token for f in frames], [f.timestamp for f in frames])
