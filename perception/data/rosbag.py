@@ -556,22 +556,35 @@ def _iter_rosbag1(path: Path) -> Iterator[RawMessage]:
 
 
 def _iter_db3(path: Path) -> Iterator[RawMessage]:
-    """A rosbag2 sqlite3 file: messages in row order (the recorder's arrival order) until sqlite fails."""
+    """A rosbag2 sqlite3 file: messages in row order (the recorder's arrival order) until sqlite fails.
+
+    sqlite refuses a file shorter than its header's page count outright, so a truncated file is read
+    from a temporary copy cut to whole pages with the page count patched (offset 28 of the header,
+    https://www.sqlite.org/fileformat.html): the b-tree pages before the cut still hold their rows.
+    """
+    import shutil
+    import tempfile
+
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(100)
     if not head.startswith(b"SQLite format 3\0"):
         raise RecordingError(path, 0, "not an sqlite3 database")
-    page = struct.unpack(">H", head[16:18])[0] or 65536
-    pages = struct.unpack(">I", head[28:32])[0]
-
-    def fail(e: Exception, where: str) -> RecordingError:
-        declared = page * pages
-        cut = f"; the file has {size} bytes, its header declares {declared}" if declared != size else ""
-        return RecordingError(path, min(size, declared), f"sqlite stopped {where}: {e}{cut}")
-
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
+    page = struct.unpack(">H", head[16:18])[0]
+    page = 65536 if page == 1 else page
+    declared = page * struct.unpack(">I", head[28:32])[0]
+    cut = f"; the file has {size} bytes, its header declares {declared} (truncated)" if size < declared else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = path
+        if cut:
+            db = Path(tmp) / path.name
+            with open(path, "rb") as src, open(db, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+                dst.truncate(size // page * page)
+                dst.seek(28)
+                dst.write(struct.pack(">I", size // page))
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        last = 0
         try:
             topics = {i: (n, normalize_type(t), fmt) for i, n, t, fmt in
                       con.execute("SELECT id, name, type, serialization_format FROM topics")}
@@ -580,18 +593,16 @@ def _iter_db3(path: Path) -> Iterator[RawMessage]:
             if "message_definitions" in tables:
                 defs = {normalize_type(t): d for t, enc, d in con.execute(
                     "SELECT topic_type, encoding, encoded_message_definition FROM message_definitions") if enc == "ros2msg"}
-        except sqlite3.DatabaseError as e:
-            raise fail(e, "reading the topic table") from None
-        last = 0
-        try:
             for rowid, tid, t, data in con.execute("SELECT id, topic_id, timestamp, data FROM messages ORDER BY id"):
                 name, msgtype, fmt = topics[tid]
                 last = rowid
                 yield RawMessage(name, msgtype, t, data, fmt, defs.get(msgtype, ""))
         except sqlite3.DatabaseError as e:
-            raise fail(e, f"after message row {last}") from None
-    finally:
-        con.close()
+            raise RecordingError(path, min(size, declared), f"sqlite stopped after message row {last}: {e}{cut}") from None
+        finally:
+            con.close()
+    if cut:
+        raise RecordingError(path, size, f"every message before the cut was read{cut}")
 
 
 def iter_recording(path: str | Path) -> Iterator[RawMessage]:

@@ -99,10 +99,11 @@ TF, PC2, IMAGE, INFO = ("tf2_msgs/msg/TFMessage", "sensor_msgs/msg/PointCloud2",
 
 
 def write_recording(samples: Iterable[Sample], calib: Calibration, path: str | Path, fmt: str,
-                    ego_frame: str = "base_link", pad: int = 0) -> Path:
+                    ego_frame: str = "base_link", pad: int = 0, chunk_bytes: int | None = None) -> Path:
     """Write ``samples`` to ``path`` as ``fmt`` (one of :data:`FORMATS`); returns the file (or rosbag2 folder).
 
-    ROS2 formats write a rosbag2 folder ``path`` (``metadata.yaml`` + one storage file).
+    ROS2 formats write a rosbag2 folder ``path`` (``metadata.yaml`` + one storage file). ``chunk_bytes``: the ROS1
+    writer's chunk size (rosbags' default 1 MiB), smaller to cut a small bag into several chunks.
     """
     from rosbags.rosbag1 import Writer as Writer1
     from rosbags.rosbag2 import StoragePlugin, Writer as Writer2
@@ -113,6 +114,8 @@ def write_recording(samples: Iterable[Sample], calib: Calibration, path: str | P
     m = _Messages(ros1=fmt == "ros1")
     if fmt == "ros1":
         writer = Writer1(path)
+        if chunk_bytes is not None:
+            writer.chunk_threshold = chunk_bytes
     else:
         plugin = StoragePlugin.MCAP if fmt == "ros2-mcap" else StoragePlugin.SQLITE3
         writer = Writer2(path, version=9, storage_plugin=plugin)

@@ -1,0 +1,277 @@
+"""ROS recordings: PointCloud2 decoding and its checks, the real Ouster MCAP, round trips through rosbags' writers,
+damaged files, reordering."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perception.data.rosbag import (MalformedMessage, RecordingError, RosbagReader, camera_from_info,
+                                    check_pointcloud2, decode_pointcloud2, iter_recording)
+from perception.data.rosbag_export import _Messages, write_recording
+from perception.geometry.cameras import KannalaBrandtCamera, PinholeCamera
+from perception.geometry.se3 import SE3
+from perception.structures import Calibration, CameraImage, Frame, PointCloud, Sample
+from tests.conftest import needs_data
+
+OUSTER_TOPIC = "/os1_cloud_node/points"
+
+
+# ------------------------------------------------------------------------------------------------
+# PointCloud2 decoding
+# ------------------------------------------------------------------------------------------------
+
+
+def _cloud_msg(points: np.ndarray, dtype: np.dtype, ros1: bool = False, height: int = 1, bigendian: bool = False,
+               ns: int = 5_000_000_123):
+    """A real sensor_msgs/PointCloud2 (rosbags type) holding ``points`` packed with the structured ``dtype``."""
+    m = _Messages(ros1)
+    rec = np.zeros(points.shape[0], dtype)
+    for i, name in enumerate(dtype.names):
+        rec[name] = points[:, i]
+    kinds = {"i1": 1, "u1": 2, "i2": 3, "u2": 4, "i4": 5, "u4": 6, "f4": 7, "f8": 8}
+    pf = m.T["sensor_msgs/msg/PointField"]
+    fields = [pf(name=n, offset=dtype.fields[n][1], datatype=kinds[dtype.fields[n][0].str[1:]], count=1)
+              for n in dtype.names]
+    width = points.shape[0] // height
+    return m.T["sensor_msgs/msg/PointCloud2"](
+        header=m.header(ns, "lidar"), height=height, width=width, fields=fields, is_bigendian=bigendian,
+        point_step=dtype.itemsize, row_step=dtype.itemsize * width,
+        data=np.frombuffer(rec.tobytes(), np.uint8).copy(), is_dense=False)
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_pointcloud2_any_layout(endian):
+    """Padding, mixed datatypes, float64 xyz, big-endian, organised [H, W] with NaN returns."""
+    rng = np.random.default_rng(0)
+    n = 24
+    pts = np.column_stack([rng.normal(size=(n, 3)) * 10, rng.integers(0, 255, n), rng.integers(0, 64, n)])
+    pts[[3, 10], 1] = np.nan  # two "no return" points
+    dtype = np.dtype({"names": ["ring", "x", "y", "z", "intensity"],
+                      "formats": [endian + "u2", endian + "f8", endian + "f8", endian + "f8", endian + "u1"],
+                      "offsets": [0, 8, 16, 24, 33], "itemsize": 40})  # ring first, 7 bytes of padding at the end
+    src = pts[:, [4, 0, 1, 2, 3]]
+    msg = _cloud_msg(src, dtype, height=4, bigendian=endian == ">")
+    cloud, nan = decode_pointcloud2(msg, "/t")
+    assert nan == 2 and len(cloud) == n - 2
+    assert cloud.fields == ("x", "y", "z", "ring", "intensity")
+    keep = np.isfinite(pts[:, :3]).all(1)
+    np.testing.assert_array_equal(cloud.points, pts[keep][:, [0, 1, 2, 4, 3]].astype(np.float32))
+    assert cloud.timestamp == 5.000000123 and cloud.frame_id == "lidar"
+
+
+def _good():
+    dtype = np.dtype({"names": ["x", "y", "z", "intensity"], "formats": ["<f4"] * 4, "offsets": [0, 4, 8, 12],
+                      "itemsize": 16})
+    return _cloud_msg(np.arange(40, dtype=np.float32).reshape(10, 4), dtype)
+
+
+@pytest.mark.parametrize("corrupt, reason", [
+    (lambda m: setattr(m, "point_step", 0), "point_step 0 must be > 0"),
+    (lambda m: setattr(m, "row_step", m.row_step + 4), "row_step"),
+    (lambda m: setattr(m, "data", m.data[:-16]), "data has 144 bytes"),
+    (lambda m: setattr(m, "width", m.width + 1), "row_step 160 != width 11"),
+    (lambda m: setattr(m.fields[3], "offset", 14), "exceeds point_step"),
+    (lambda m: setattr(m.fields[2], "name", "w"), "has no 'z' field"),
+    (lambda m: setattr(m.fields[2], "datatype", 5), "must be one float32/float64"),
+    (lambda m: setattr(m.fields[1], "datatype", 42), "unknown datatype 42"),
+    (lambda m: setattr(m.fields[3], "name", "x"), "duplicate field 'x'"),
+])
+def test_malformed_pointcloud2_rejected(corrupt, reason):
+    msg = _good()
+    decode_pointcloud2(msg, "/lidar/points")  # the intact one decodes
+    corrupt(msg)
+    with pytest.raises(MalformedMessage, match=reason) as e:
+        decode_pointcloud2(msg, "/lidar/points")
+    assert e.value.topic == "/lidar/points" and e.value.stamp_ns == 5_000_000_123
+    assert str(e.value).startswith("/lidar/points @ 5.000000123 s")
+
+
+def test_camera_info_models():
+    m = _Messages(ros1=False)
+    pin = PinholeCamera(640, 480, 500.0, 510.0, 320.5, 240.5, -0.1, 0.01, 0.001, -0.002, 0.0005)
+    kb = KannalaBrandtCamera(800, 800, 300.0, 301.0, 400.0, 399.0, 0.05, -0.01, 0.002, -0.0003)
+    assert camera_from_info(m.camera_info(0, "cam", pin), "/cam/camera_info") == pin
+    assert camera_from_info(m.camera_info(0, "cam", kb), "/cam/camera_info") == kb
+    info = m.camera_info(0, "cam", pin)
+    info.distortion_model = "unified"
+    with pytest.raises(MalformedMessage, match="'unified' is not supported"):
+        camera_from_info(info, "/cam/camera_info")
+
+
+# ------------------------------------------------------------------------------------------------
+# the real Ouster MCAP (ROS1 encoding)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.data
+@needs_data
+def test_ouster_mcap_pointclouds(data_root):
+    """Both clouds: exactly width × height minus the NaN returns, every field as the raw buffer holds it."""
+    from mcap.reader import make_reader
+
+    path = data_root / "ros" / "ouster_os1_64.mcap"
+    # the oracle: the raw bytes through mcap and numpy alone (layout from the Ouster driver's PointCloud2 fields)
+    layout = np.dtype({"names": ["x", "y", "z", "intensity", "t", "reflectivity", "ring", "noise", "range"],
+                       "formats": ["<f4", "<f4", "<f4", "<f4", "<u4", "<u2", "u1", "<u2", "<u4"],
+                       "offsets": [0, 4, 8, 16, 20, 24, 26, 28, 32], "itemsize": 48})
+    expected = []
+    with open(path, "rb") as f:
+        for _, _, m in make_reader(f, validate_crcs=True).iter_messages(topics=[OUSTER_TOPIC]):
+            raw = bytes(m.data)
+            n = 64 * 2048
+            rec = np.frombuffer(raw[len(raw) - 1 - n * 48: len(raw) - 1], layout)  # data, then the is_dense byte
+            expected.append(rec)
+    assert len(expected) == 2
+
+    reader = RosbagReader(path)
+    assert reader.reference == "os1_lidar" and len(reader) == 2
+    clouds = [m.payload for m in reader.messages() if isinstance(m.payload, PointCloud)]
+    assert len(clouds) == 2
+    for cloud, rec in zip(clouds, expected):
+        finite = np.isfinite(rec["x"]) & np.isfinite(rec["y"]) & np.isfinite(rec["z"])
+        assert len(cloud) == 64 * 2048 - int((~finite).sum())
+        assert cloud.fields == layout.names
+        for name in layout.names:
+            np.testing.assert_array_equal(cloud.field(name), rec[name][finite].astype(np.float32))
+    st = reader.stats
+    assert st.decoded[OUSTER_TOPIC] == 2 and st.nan_points[OUSTER_TOPIC] == sum(
+        int((~(np.isfinite(r["x"]) & np.isfinite(r["y"]) & np.isfinite(r["z"]))).sum()) for r in expected)
+    # what has no decoder here is skipped and counted, by type
+    assert st.unknown_types["ouster_ros/msg/PacketMsg"] == 17 + 206
+    assert st.unknown_types["rosgraph_msgs/msg/Log"] == sum(st.messages[t] for t in ("/rosout", "/rosout_agg"))
+    assert st.decoded["/os1_cloud_node/imu"] == 17
+    # the rig from /tf_static: os1_sensor → os1_lidar is a 180° yaw and 3.6 cm up
+    np.testing.assert_allclose(reader.calib.ego_from_sensor["os1_lidar"].matrix,
+                               [[-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 1, 0.03618], [0, 0, 0, 1]], atol=1e-12)
+    assert reader.ego_frame == "os1_sensor"
+    frames = [s.frame for s in reader]
+    assert len(frames) == 2 and all("imu" in f.meta for f in frames)
+
+
+# ------------------------------------------------------------------------------------------------
+# writers → reader round trips, damage, order
+# ------------------------------------------------------------------------------------------------
+
+
+def _samples(n: int = 5, nan_every: int = 0, size: tuple[int, int] = (64, 48)):
+    """A small synthetic rig: one LiDAR, one pinhole camera ``size`` (w, h); frames at 10 Hz."""
+    rng = np.random.default_rng(1)
+    cam = PinholeCamera(size[0], size[1], 50.0, 50.0, size[0] / 2 - 0.5, size[1] / 2 - 0.5)
+    calib = Calibration({"lidar": SE3.from_rt(np.eye(3), [1.0, 0.0, 1.8]),
+                         "cam": SE3.from_rt(np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float), [1.5, 0, 1.5])},
+                        {"cam": cam})
+    out = []
+    for i in range(n):
+        t = 100.0 + 0.1 * i
+        pts = rng.normal(size=(500, 4)).astype(np.float32) * 10
+        if nan_every:
+            pts[::nan_every, 0] = np.nan
+        img = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        out.append(Sample(Frame(f"{i}", t, calib, {"lidar": PointCloud(pts, ("x", "y", "z", "intensity"), t, "lidar")},
+                                {"cam": CameraImage(img, cam, t + 0.01, "cam")})))
+    return out, calib
+
+
+@pytest.mark.parametrize("fmt, name", [("ros1", "r.bag"), ("ros2-db3", "r2"), ("ros2-mcap", "r2m")])
+def test_round_trip_every_format(tmp_path, fmt, name):
+    samples, calib = _samples(nan_every=7)
+    path = write_recording(samples, calib, tmp_path / name, fmt, pad=4)
+    reader = RosbagReader(path)
+    assert reader.reference == "lidar" and set(reader.calib.cameras) == {"cam"}
+    assert reader.calib.cameras["cam"] == calib.cameras["cam"]
+    for s in calib.sensors:
+        np.testing.assert_allclose(reader.calib.ego_from_sensor[s].matrix, calib.ego_from_sensor[s].matrix, atol=1e-12)
+    frames = [s.frame for s in reader]
+    assert len(frames) == len(reader) == 5
+    for f, s in zip(frames, samples):
+        src = s.frame.lidar["lidar"].points
+        np.testing.assert_array_equal(f.lidar["lidar"].points, src[np.isfinite(src).all(1)])
+        np.testing.assert_array_equal(f.cameras["cam"].image, s.frame.cameras["cam"].image)
+        assert f.timestamp == s.frame.timestamp and f.source == "rosbag"
+    assert reader.stats.nan_points["/lidar/points"] == 5 * len(range(0, 500, 7))
+
+
+def _cut(path, frac: float, dst):
+    data = path.read_bytes()
+    dst.write_bytes(data[: int(len(data) * frac)])
+    return dst
+
+
+@pytest.mark.parametrize("fmt", ["ros1", "ros2-mcap", "ros2-db3"])
+def test_truncated_file_salvages_complete_messages(tmp_path, fmt):
+    samples, calib = _samples(n=10, size=(320, 240))  # 2.3 MB: rosbags' MCAP writer cuts 1 MiB chunks
+    path = write_recording(samples, calib, tmp_path / ("full.bag" if fmt == "ros1" else "full"), fmt, chunk_bytes=20_000)
+    storage = path if path.is_file() else next(p for p in path.iterdir() if p.suffix in (".mcap", ".db3"))
+    cut = _cut(storage, 0.6, tmp_path / f"cut{storage.suffix}")
+    full = [r.log_time_ns for r in iter_recording(path)]
+    salvaged = []
+    with pytest.raises(RecordingError) as e:
+        for r in iter_recording(cut):
+            salvaged.append(r.log_time_ns)
+    assert str(cut) in str(e.value) and f"at byte {e.value.offset}" in str(e.value)
+    assert 0 < e.value.offset <= cut.stat().st_size
+    assert 0 < len(salvaged) < len(full)
+    assert salvaged == full[: len(salvaged)] or sorted(salvaged) == sorted(full[: len(salvaged)])
+    # through the reader: the complete frames come out, then the error; stats keep it
+    reader = RosbagReader(cut)
+    frames = []
+    with pytest.raises(RecordingError):
+        for s in reader:
+            frames.append(s.frame)
+    assert frames and reader.stats.truncated is not None
+    for f in frames:
+        src = samples[int(round((f.timestamp - 100.0) * 10))].frame.lidar["lidar"].points
+        np.testing.assert_array_equal(f.lidar["lidar"].points, src)
+
+
+def test_reorder_window_and_late_messages(tmp_path):
+    """Header stamps out of order within the window are reordered (counted); older than what left is late."""
+    from rosbags.rosbag1 import Writer
+
+    m = _Messages(ros1=True)
+    dtype = np.dtype({"names": ["x", "y", "z"], "formats": ["<f4"] * 3, "offsets": [0, 4, 8], "itemsize": 12})
+    stamps_ms = [1000, 1100, 1050, 1200, 1300, 1400, 1150, 1500]  # 1050: 50 ms late; 1150: 250 ms late
+    path = tmp_path / "order.bag"
+    with Writer(path) as w:
+        c = w.add_connection("/points", "sensor_msgs/msg/PointCloud2", typestore=m.store)
+        for i, t in enumerate(stamps_ms):
+            msg = _cloud_msg(np.full((4, 3), i, np.float32), dtype, ros1=True, ns=t * 1_000_000)
+            msg.header.frame_id = "lidar"
+            w.write(c, (1000 + 100 * i) * 1_000_000, bytes(m.store.serialize_ros1(msg, "sensor_msgs/msg/PointCloud2")))
+    reader = RosbagReader(path, {"reorder_window": 0.2})
+    out = [round(x.timestamp * 1000) for x in reader.messages()]
+    assert out == [1000, 1050, 1100, 1200, 1300, 1400, 1500]
+    assert reader.stats.reordered == 1 and reader.stats.late == {"/points": 1}
+    assert reader.stats.calibration_fallbacks == {"lidar": "no /tf_static path from 'lidar' to 'lidar': identity"} or \
+        reader.calib.ego_from_sensor["lidar"] == SE3.identity()
+
+
+def test_malformed_message_in_a_bag_is_counted_and_skipped(tmp_path):
+    from rosbags.rosbag1 import Writer
+
+    m = _Messages(ros1=True)
+    good = _good()
+    path = tmp_path / "bad.bag"
+    with Writer(path) as w:
+        c = w.add_connection("/points", "sensor_msgs/msg/PointCloud2", typestore=m.store)
+        for i in range(3):
+            msg = _cloud_msg(np.full((10, 4), i, np.float32), good_dtype(), ros1=True, ns=(1 + i) * 10**9)
+            if i == 1:
+                msg.row_step = 7  # lies about its size
+            w.write(c, (1 + i) * 10**9, bytes(m.store.serialize_ros1(msg, "sensor_msgs/msg/PointCloud2")))
+    reader = RosbagReader(path)
+    clouds = [x.payload for x in reader.messages()]
+    assert [c.timestamp for c in clouds] == [1.0, 3.0]
+    assert reader.stats.malformed == {"/points": 1}
+    assert reader.stats.malformed_examples == ["/points @ 2.000000000 s: PointCloud2 row_step 7 != width 10 * point_step 16"]
+    assert good is not None
+
+
+def good_dtype():
+    return np.dtype({"names": ["x", "y", "z", "intensity"], "formats": ["<f4"] * 4, "offsets": [0, 4, 8, 12],
+                     "itemsize": 16})
+
+
+def test_check_returns_layout():
+    dt = check_pointcloud2(_good(), "/t", 0)
+    assert dt.itemsize == 16 and dt.names == ("x", "y", "z", "intensity")
