@@ -5,6 +5,7 @@
     python tools/benchmark.py ops --json out/bench_ops.json
     python tools/benchmark.py pipeline --json out/bench_pipeline.json
     python tools/benchmark.py models --json out/bench_models.json
+    python tools/benchmark.py replay --json out/bench_replay.json
 
 ``sim``: one synthetic frame (HDL-64 sweep + 3 pinhole 640x360 + 4 fisheye 640x640 with depth)
 on one core, against the 0.5 s budget; and the ray caster against a brute-force cast (no azimuth
@@ -18,6 +19,9 @@ actors and in process, interleaved in one run; frames/s and their ratio (tools/b
 
 ``models``: latency per frame on CPU at the CPU and the paper config sizes: MSF (the RPN and the
 head apart) and GaussianFusion (planning from 3 cameras + LiDAR, random weights) (tools/bench/models.py).
+
+``replay``: a ROS1 bag and a ROS2 MCAP of 30 KITTI sweeps (120k points) at 10 Hz streamed through
+``RosbagReader`` against raw reads of the same file; MB/s and the real-time factor (tools/bench/replay.py).
 
 Rows: ``bench``, ``impl``, ``peer``, ``params``, ``median_ms``, ``peer_median_ms``, ``speedup``
 (peer / ours), plus bench-specific fields. Medians over ``--repeats`` runs after a warm-up.
@@ -149,7 +153,15 @@ def bench_models(repeats: int) -> list[dict]:
     return [{"bench": "models", **r} for r in rows(repeats)]
 
 
-BENCHES = {"sim": bench_sim, "ops": bench_ops, "pipeline": bench_pipeline, "models": bench_models}
+def bench_replay(repeats: int) -> list[dict]:
+    """ROS recording ingest (120k-point clouds) against raw reads of the same file, and its real-time factor
+    (tools/bench/replay.py)."""
+    from tools.bench.replay import ROUNDS, rows
+
+    return rows(min(repeats, ROUNDS))
+
+
+BENCHES = {"sim": bench_sim, "ops": bench_ops, "pipeline": bench_pipeline, "models": bench_models, "replay": bench_replay}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -240,25 +240,41 @@ def decode_pointcloud2(msg, topic: str, frame_id: str | None = None) -> tuple[Po
     """
     t_ns = stamp_ns(msg.header)
     dtype = check_pointcloud2(msg, topic, t_ns)
-    rec = np.frombuffer(msg.data, dtype=dtype, count=int(msg.height) * int(msg.width))  # [N] structured
-    order = ["x", "y", "z"] + sorted((n for n in dtype.names if n not in ("x", "y", "z")),
-                                     key=lambda n: dtype.fields[n][1])
-    columns, names = [], []
-    for n in order:
-        col = rec[n]
-        if col.ndim == 2:  # count > 1
-            columns += [col[:, i] for i in range(col.shape[1])]
-            names += [f"{n}_{i}" for i in range(col.shape[1])]
-        else:
-            columns.append(col)
-            names.append(n)
-    pts = np.empty((rec.shape[0], len(columns)), dtype=np.float32)  # [N, C]
-    for j, col in enumerate(columns):
-        pts[:, j] = col
-    finite = np.isfinite(pts[:, :3]).all(axis=1)
-    dropped = int(finite.size - np.count_nonzero(finite))
-    if dropped:
-        pts = pts[finite]
+    n = int(msg.height) * int(msg.width)
+    order = ["x", "y", "z"] + sorted((k for k in dtype.names if k not in ("x", "y", "z")),
+                                     key=lambda k: dtype.fields[k][1])
+    kinds = {dtype.fields[k][0] for k in order}
+    offsets = [dtype.fields[k][1] for k in order]
+    if len(kinds) == 1 and next(iter(kinds)) == np.dtype("<f4") and dtype.itemsize % 4 == 0 \
+            and all(o % 4 == 0 for o in offsets):
+        # fast path (the common layout): float32 fields on 4-byte slots, padding allowed: one gather copy
+        words = np.frombuffer(msg.data, "<f4", count=n * dtype.itemsize // 4).reshape(n, dtype.itemsize // 4)
+        pts = words[:, [o // 4 for o in offsets]]  # [N, C]
+        names = order
+    else:
+        rec = np.frombuffer(msg.data, dtype=dtype, count=n)  # [N] structured
+        columns, names = [], []
+        for k in order:
+            col = rec[k]
+            if col.ndim == 2:  # count > 1
+                columns += [col[:, i] for i in range(col.shape[1])]
+                names += [f"{k}_{i}" for i in range(col.shape[1])]
+            else:
+                columns.append(col)
+                names.append(k)
+        pts = np.empty((n, len(columns)), dtype=np.float32)  # [N, C]
+        for j, col in enumerate(columns):
+            pts[:, j] = col
+    xyz_sum = pts[:, 0] + pts[:, 1] + pts[:, 2]  # non-finite iff a coordinate is (or the sum overflows)
+    suspect = ~np.isfinite(xyz_sum)
+    dropped = 0
+    if suspect.any():
+        finite = ~suspect
+        idx = np.flatnonzero(suspect)
+        finite[idx] = np.isfinite(pts[idx, :3]).all(axis=1)
+        dropped = int(n - np.count_nonzero(finite))
+        if dropped:
+            pts = pts[finite]
     return PointCloud(pts, tuple(names), t_ns / 1e9, frame_id or msg.header.frame_id), dropped
 
 
@@ -673,30 +689,32 @@ class Decoder:
     ROS2 Humble definitions; a type known to neither is reported by :meth:`decode` returning None.
     """
 
-    def __init__(self) -> None:
-        from rosbags.typesys import Stores, get_typestore
+    # (encoding, type, definition) → typestore, shared by every Decoder of the process: rosbags generates a
+    # (de)serializer per type on first use, which costs more than decoding a 120k-point cloud
+    _cache: dict[tuple[str, str, str], Any] = {}
 
-        self._stores = {"ros1": get_typestore(Stores.EMPTY), "cdr": get_typestore(Stores.EMPTY)}
-        self._defaults = {"ros1": Stores.ROS1_NOETIC, "cdr": Stores.ROS2_HUMBLE}
+    def __init__(self) -> None:
         self._ready: dict[tuple[str, str], Any] = {}
 
     def _store(self, raw: RawMessage):
-        from rosbags.typesys import TypesysError, get_typestore, get_types_from_msg
+        from rosbags.typesys import Stores, TypesysError, get_types_from_msg, get_typestore
 
         key = (raw.msgtype, raw.encoding)
         if key not in self._ready:
-            store = self._stores.get(raw.encoding)
-            if store is None:
-                self._ready[key] = None
-            elif raw.definition:
-                try:
-                    store.register(get_types_from_msg(raw.definition, raw.msgtype))
-                    self._ready[key] = store
-                except TypesysError:  # conflicting or unparsable definition: the bundled one
-                    self._ready[key] = None
-            if self._ready.get(key) is None and store is not None:
-                default = get_typestore(self._defaults[raw.encoding])
-                self._ready[key] = default if raw.msgtype in default.fielddefs else None
+            ckey = (raw.encoding, raw.msgtype, raw.definition)
+            if ckey not in Decoder._cache:
+                store = None
+                if raw.encoding in ("ros1", "cdr") and raw.definition:
+                    try:
+                        store = get_typestore(Stores.EMPTY)
+                        store.register(get_types_from_msg(raw.definition, raw.msgtype))
+                    except TypesysError:  # unparsable definition: the bundled one
+                        store = None
+                if store is None and raw.encoding in ("ros1", "cdr"):
+                    default = get_typestore(Stores.ROS1_NOETIC if raw.encoding == "ros1" else Stores.ROS2_HUMBLE)
+                    store = default if raw.msgtype in default.fielddefs else None
+                Decoder._cache[ckey] = store
+            self._ready[key] = Decoder._cache[ckey]
         return self._ready[key]
 
     def decode(self, raw: RawMessage):
@@ -754,8 +772,9 @@ class _Sensor:
 class RosbagReader(Reader):
     """A ROS recording as a sensor-message stream and as synchronized frames.
 
-    The constructor reads the start of the file (``prescan_seconds`` of log time, or until every topic
-    of the index has been seen) for ``/tf_static``, the CameraInfos and the sensors' frame ids, and
+    The constructor reads the start of the file (until every topic of the file's index has been seen,
+    at most ``prescan_seconds`` of log time; ``/tf_static`` is latched, so recorders write it first) for
+    ``/tf_static``, the CameraInfos and the sensors' frame ids, and
     builds :attr:`calib`. :meth:`messages` streams :class:`~perception.pipeline.sync.SensorMessage`
     s in stamp order; iterating the reader gives ``Sample(frame, None)`` per reference sweep (frames
     through :class:`~perception.pipeline.sync.Synchronizer`). ``len()`` is the reference sweeps in the
@@ -812,8 +831,9 @@ class RosbagReader(Reader):
                         frame_ids[raw.topic] = msg.header.frame_id
                         if raw.msgtype == IMAGE and msg.encoding in DEPTH_ENCODINGS:
                             depth_topics.add(raw.topic)
-                seen = set(types)
-                if raw.log_time_ns - start > cfg.prescan_seconds * 1e9 and (not wanted or wanted <= seen):
+                if (wanted and wanted <= set(types) and all(t in frame_ids or types[t] not in (
+                        POINTCLOUD2, IMAGE, COMPRESSED_IMAGE) for t in types)) \
+                        or raw.log_time_ns - start > cfg.prescan_seconds * 1e9:
                     break
         except RecordingError:
             pass  # the stream reports it again, after the salvaged messages
