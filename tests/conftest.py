@@ -1,4 +1,9 @@
-"""Shared fixtures: where the real sample data lives, and a marker to skip without it."""
+"""Shared fixtures: where the real sample data lives, and a marker to skip without it.
+
+Tests marked ``slow`` (recorded training runs, minutes to an hour on 2 cores) are skipped with a reason
+unless ``PERCEPTION_SLOW=1``; the default ``make test`` runs everything else.
+"""
+import os
 from pathlib import Path
 
 import pytest
@@ -12,3 +17,12 @@ def data_root() -> Path:
     if not DATA.exists():
         pytest.skip(f"real sample data not present at {DATA}")
     return DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PERCEPTION_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="a long recorded run (minutes or more on 2 cores); set PERCEPTION_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
