@@ -51,13 +51,14 @@ def test_demo_streams_the_synthetic_world_through_the_pipeline(tmp_path):
     names = [s["name"] for s in p["stages"]]
     assert names == ["source", "lidar_preprocess", "camera:CAM_L0", "camera:CAM_F0", "camera:CAM_R0",
                      "camera:FISHEYE_FRONT", "camera:FISHEYE_LEFT", "camera:FISHEYE_REAR", "camera:FISHEYE_RIGHT",
-                     "model:msf_sim_cpu", "model:gaussian_fusion_sim_cpu"]
+                     "model:msf_sim_cpu", "model:gaussian_fusion_sim_cpu", "model:pfdepth_sim_cpu"]
     assert all(s["calls"] == 6 and s["latency_ms_p50"] > 0 for s in p["stages"])
     assert p["sync"]["frames"] and p["sinks"]["PredictionTable"]["frames"] == 6
     assert p["sinks"]["McapSink"]["messages"]["/lidar"] == 6
     assert p["sinks"]["McapSink"]["messages"]["/detections"] == 6  # MSF's boxes, one message per frame
     assert p["sinks"]["McapSink"]["messages"]["/plan"] == 6  # GaussianFusion's plan after them
     assert p["sinks"]["McapSink"]["messages"]["/gaussians"] == 6
+    assert p["sinks"]["McapSink"]["messages"]["/depth/CAM_F0"] == 6  # PFDepth's depth, last in the chain
     assert p["sinks"]["PredictionTable"]["plans"] == 6
     assert p["sinks"]["PredictionTable"]["boxes"] > 0
     assert (out / "pipeline" / "demo.mcap").is_file() and (out / "pipeline" / "png" / "sim00000_0000.png").is_file()
