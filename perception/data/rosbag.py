@@ -1,7 +1,8 @@
 """ROS recordings as a sensor stream: ROS1 ``.bag``, ROS2 ``.db3`` / ``.mcap`` (CDR), MCAP with ROS1 encoding.
 
-No ROS install: files are read with ``rosbags`` (ROS1 bags, message (de)serialization) and ``mcap``
-(MCAP records, chunk decompression and CRCs); ROS2 sqlite bags with the standard library's ``sqlite3``.
+No ROS install: ROS1 bags and MCAP files are parsed here, record by record (messages stay views of the
+chunk they were read in); ``rosbags`` deserializes messages, ``mcap`` reads schema and channel records;
+ROS2 sqlite bags go through the standard library's ``sqlite3``.
 Formats: ROS1 bag 2.0 (http://wiki.ros.org/Bags/Format/2.0), MCAP (https://mcap.dev/spec),
 rosbag2's sqlite3 storage (tables ``topics``, ``message_definitions``, ``messages``).
 
@@ -28,24 +29,32 @@ seconds reorders them (counted); one older than a message already emitted cannot
 dropped, counted in ``late``.
 
 Damaged files: every complete message is salvaged, then :class:`RecordingError` names the file and byte
-offset. MCAP: records are read one by one, so the complete chunks before a cut are used (CRCs checked
-where the file has them). ROS1: ``rosbags`` refuses a bag without its index, so the records are
-scanned from the start (:func:`_scan_rosbag1`). sqlite: rows are read in id order until sqlite fails.
+offset. MCAP and ROS1 files are streamed record by record, so the complete chunks before a cut are
+used (MCAP CRCs checked where the file has them; a ROS1 bag without its index is read to its last
+complete record). sqlite: rows are read in id order until sqlite fails.
 """
 from __future__ import annotations
 
 import heapq
 import io
 import math
+import os
 import sqlite3
 import struct
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+import numba
 import numpy as np
+
+try:  # ISA-L's CRC-32 (folding with carry-less multiplies): ~5x zlib's; the same polynomial and values
+    from isal.isal_zlib import crc32, crc32_combine
+except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the same CRCs, slower
+    from zlib import crc32
+
+    crc32_combine = None
 
 from perception.data.common import DataError, Reader
 from perception.geometry.cameras import KannalaBrandtCamera, PinholeCamera
@@ -232,6 +241,37 @@ def check_pointcloud2(msg, topic: str, t_ns: int) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": ps})
 
 
+_EXP = np.uint32(0x7F800000)  # a float32 is NaN or +-inf iff its exponent bits are all set
+_CARRY = np.uint32(0x00800000)  # (bits & _EXP) + _CARRY sets bit 31 iff they are
+
+
+@numba.njit(cache=True)
+def _nonfinite_xyz(words):  # pragma: no cover - compiled
+    """1 if a row of ``words [N, W]`` (float32 bit patterns, x y z first) has a non-finite x, y or z, else 0.
+
+    Integer ops only (OR of a carry into bit 31), so the loop vectorizes: about the cost of reading the cloud.
+    """
+    a0 = np.uint32(0)
+    a1 = np.uint32(0)
+    a2 = np.uint32(0)
+    for i in range(words.shape[0]):
+        a0 |= (words[i, 0] & _EXP) + _CARRY
+        a1 |= (words[i, 1] & _EXP) + _CARRY
+        a2 |= (words[i, 2] & _EXP) + _CARRY
+    return (a0 | a1 | a2) >> np.uint32(31)
+
+
+@numba.njit(cache=True)
+def _gather_words(words, cols, out):  # pragma: no cover - compiled
+    """``out[i, k] = words[i, cols[k]]`` (``out [N, C]``, x y z first); returns the rows with a non-finite x, y or z."""
+    bad = 0
+    for i in range(words.shape[0]):
+        for k in range(cols.shape[0]):
+            out[i, k] = words[i, cols[k]]
+        bad += ((out[i, 0] & _EXP) == _EXP) | ((out[i, 1] & _EXP) == _EXP) | ((out[i, 2] & _EXP) == _EXP)
+    return bad
+
+
 def decode_pointcloud2(msg, topic: str, frame_id: str | None = None) -> tuple[PointCloud, int]:
     """A checked PointCloud2 → ``(PointCloud [N, C] float32, points removed for non-finite x/y/z)``.
 
@@ -245,11 +285,23 @@ def decode_pointcloud2(msg, topic: str, frame_id: str | None = None) -> tuple[Po
                                      key=lambda k: dtype.fields[k][1])
     kinds = {dtype.fields[k][0] for k in order}
     offsets = [dtype.fields[k][1] for k in order]
+    suspect = None
     if len(kinds) == 1 and next(iter(kinds)) == np.dtype("<f4") and dtype.itemsize % 4 == 0 \
             and all(o % 4 == 0 for o in offsets):
-        # fast path (the common layout): float32 fields on 4-byte slots, padding allowed: one gather copy
-        words = np.frombuffer(msg.data, "<f4", count=n * dtype.itemsize // 4).reshape(n, dtype.itemsize // 4)
-        pts = words[:, [o // 4 for o in offsets]]  # [N, C]
+        # fast path (the common layout): float32 fields on 4-byte slots, padding allowed
+        width = dtype.itemsize // 4
+        words = np.frombuffer(msg.data, "<u4", count=n * width).reshape(n, width)  # bit patterns
+        cols = [o // 4 for o in offsets]
+        if cols == list(range(width)):  # exactly [N, C] float32
+            if words.flags.aligned and words.flags.writeable:
+                pts = words.view(np.float32)  # the message's own buffer, no copy
+            else:  # one memory copy (a read-only or unaligned buffer)
+                pts = np.empty((n, width), np.float32)
+                pts.view(np.uint32)[:] = words
+            suspect = _nonfinite_xyz(pts.view(np.uint32))
+        else:  # one pass: gather the columns and test x, y, z
+            pts = np.empty((n, len(cols)), np.float32)
+            suspect = _gather_words(words, np.array(cols, np.int64), pts.view(np.uint32))
         names = order
     else:
         rec = np.frombuffer(msg.data, dtype=dtype, count=n)  # [N] structured
@@ -265,13 +317,9 @@ def decode_pointcloud2(msg, topic: str, frame_id: str | None = None) -> tuple[Po
         pts = np.empty((n, len(columns)), dtype=np.float32)  # [N, C]
         for j, col in enumerate(columns):
             pts[:, j] = col
-    xyz_sum = pts[:, 0] + pts[:, 1] + pts[:, 2]  # non-finite iff a coordinate is (or the sum overflows)
-    suspect = ~np.isfinite(xyz_sum)
     dropped = 0
-    if suspect.any():
-        finite = ~suspect
-        idx = np.flatnonzero(suspect)
-        finite[idx] = np.isfinite(pts[idx, :3]).all(axis=1)
+    if suspect is None or suspect:
+        finite = np.isfinite(pts[:, :3]).all(axis=1)
         dropped = int(n - np.count_nonzero(finite))
         if dropped:
             pts = pts[finite]
@@ -405,71 +453,132 @@ class TfTree:
 # ------------------------------------------------------------------------------------------------
 
 MCAP_MAGIC = b"\x89MCAP0\r\n"
+_OP_LEN = struct.Struct("<BQ")
+_U32, _U64, _TIME = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<II")
+_MESSAGE = struct.Struct("<HIQQ")
+
+
+def _chunk_records(path: Path, pos: int, records, emit) -> Iterator[RawMessage]:
+    """The records of one (decompressed) MCAP chunk: messages as zero-copy views of ``records``."""
+    from mcap.data_stream import ReadDataStream
+    from mcap.records import Channel, Schema
+
+    n, k = len(records), 0
+    while k < n:
+        if k + 9 > n:
+            raise RecordingError(path, pos, "corrupt chunk: a record header overruns it")
+        op, length = _OP_LEN.unpack_from(records, k)
+        body = k + 9
+        if body + length > n:
+            raise RecordingError(path, pos, f"corrupt chunk: a record (opcode {op:#04x}) overruns it")
+        if op == 0x05:  # message: channel u16, sequence u32, log_time u64, publish_time u64, data
+            if length < 22:
+                raise RecordingError(path, pos, f"corrupt chunk: a {length}-byte message record")
+            channel, _, log_time, _ = _MESSAGE.unpack_from(records, body)
+            yield from emit(channel, log_time, records[body + 22: body + length])
+        elif op in (0x03, 0x04):  # schema, channel
+            rec = (Schema if op == 0x03 else Channel).read(ReadDataStream(io.BytesIO(bytes(records[body: body + length]))))
+            yield from emit(rec, 0, None)
+        k = body + length
 
 
 def _iter_mcap(path: Path) -> Iterator[RawMessage]:
     """Every message of an MCAP file, record by record; CRCs checked where the file has them.
 
-    A cut or corrupt record ends the stream with :class:`RecordingError` at its offset, after every
-    message of the complete records (chunks) before it.
+    Chunks are parsed here (https://mcap.dev/spec), messages handed on as views of the chunk (no
+    copies); schema and channel records through ``mcap``'s record classes. An uncompressed chunk's
+    bytes are CRC'd once: the data section's CRC combines the chunk's own. A cut or corrupt record
+    ends the stream with :class:`RecordingError` at its offset, after every message of the complete
+    records (chunks) before it.
     """
     from mcap.data_stream import ReadDataStream
     from mcap.opcode import Opcode
-    from mcap.records import Channel, Chunk, DataEnd, Message, Schema
-    from mcap.stream_reader import CRCValidationError, breakup_chunk
+    from mcap.records import Channel, DataEnd, Schema
 
     schemas: dict[int, Any] = {}
-    channels: dict[int, Any] = {}
+    channels: dict[int, tuple] = {}
 
-    def emit(rec) -> Iterator[RawMessage]:
-        if isinstance(rec, Schema):
+    def emit(rec, log_time, data) -> Iterator[RawMessage]:
+        if data is not None:
+            topic, msgtype, enc, definition = channels[rec]
+            yield RawMessage(topic, msgtype, log_time, data, enc, definition)
+        elif isinstance(rec, Schema):
             schemas[rec.id] = rec
-        elif isinstance(rec, Channel):
-            channels[rec.id] = rec
-        elif isinstance(rec, Message):
-            ch = channels[rec.channel_id]
-            sc = schemas.get(ch.schema_id)
-            enc = {"ros1": "ros1", "cdr": "cdr"}.get(ch.message_encoding, ch.message_encoding)
-            yield RawMessage(ch.topic, normalize_type(sc.name) if sc else "", rec.log_time, rec.data, enc,
-                             sc.data.decode() if sc and sc.encoding in ("ros1msg", "ros2msg") else "")
+        else:
+            sc = schemas.get(rec.schema_id)
+            channels[rec.id] = (rec.topic, normalize_type(sc.name) if sc else "",
+                                {"ros1": "ros1", "cdr": "cdr"}.get(rec.message_encoding, rec.message_encoding),
+                                sc.data.decode() if sc and sc.encoding in ("ros1msg", "ros2msg") else "")
 
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         if f.read(8) != MCAP_MAGIC:
             raise RecordingError(path, 0, "not an MCAP file (bad magic)")
-        pos, crc = 8, zlib.crc32(MCAP_MAGIC)
+        pos, crc = 8, crc32(MCAP_MAGIC)
         while True:
             head = f.read(9)
             if len(head) < 9:
                 raise RecordingError(path, pos, "file ends before the footer (truncated)"
                                      + (f"; {len(head)} stray bytes" if head else ""))
-            op, length = struct.unpack("<BQ", head)
-            body = f.read(length)
-            if len(body) < length:
+            op, length = _OP_LEN.unpack(head)
+            if pos + 9 + length > size:  # (before allocating what a corrupt length declares)
                 raise RecordingError(path, pos, f"truncated record (opcode {op:#04x}): {length} bytes declared, "
-                                     f"{len(body)} present")
+                                     f"{size - pos - 9} present")
+            body = np.empty(length, np.uint8)  # writable: clouds decoded from it can be its views
+            got = f.readinto(body)
+            if got < length:
+                raise RecordingError(path, pos, f"truncated record (opcode {op:#04x}): {length} bytes declared, "
+                                     f"{got} present")
+            view, covered = memoryview(body), False
             try:
-                stream = ReadDataStream(io.BytesIO(body))
                 if op == Opcode.CHUNK:
-                    for rec in breakup_chunk(Chunk.read(stream), validate_crc=True):
-                        yield from emit(rec)
+                    # start u64, end u64, uncompressed_size u64, uncompressed_crc u32, compression str, records
+                    usize, stored = struct.unpack_from("<QI", body, 16)
+                    (clen,) = struct.unpack_from("<I", body, 28)
+                    compression = bytes(view[32: 32 + clen]).decode()
+                    (rlen,) = struct.unpack_from("<Q", body, 32 + clen)
+                    r0 = 40 + clen
+                    if r0 + rlen != length:
+                        raise ValueError(f"records field of {rlen} bytes in a {length}-byte chunk")
+                    records = view[r0:]
+                    if compression == "":
+                        rcrc = crc32(records)
+                        if crc32_combine is not None:
+                            crc = crc32_combine(crc32(view[:r0], crc32(head, crc)), rcrc, rlen)
+                            covered = True
+                    elif compression == "zstd":
+                        import zstandard
+
+                        records = memoryview(zstandard.decompress(records, usize))
+                    elif compression == "lz4":
+                        import lz4.frame
+
+                        records = memoryview(lz4.frame.decompress(records))
+                    else:
+                        raise ValueError(f"unknown chunk compression {compression!r}")
+                    if stored:
+                        got = rcrc if compression == "" else crc32(records)
+                        if got != stored:
+                            raise RecordingError(path, pos, f"chunk CRC mismatch ({stored:#x} stored, {got:#x} read)")
+                    yield from _chunk_records(path, pos, records, emit)
                 elif op in (Opcode.SCHEMA, Opcode.CHANNEL):
-                    yield from emit((Schema if op == Opcode.SCHEMA else Channel).read(stream))
+                    yield from emit((Schema if op == Opcode.SCHEMA else Channel).read(ReadDataStream(io.BytesIO(bytes(body)))),
+                                    0, None)
                 elif op == Opcode.MESSAGE:
-                    yield from emit(Message.read(stream, length))
+                    channel, _, log_time, _ = _MESSAGE.unpack_from(body, 0)
+                    yield from emit(channel, log_time, view[22:])
                 elif op == Opcode.DATA_END:
-                    stored = DataEnd.read(stream).data_section_crc
+                    stored = DataEnd.read(ReadDataStream(io.BytesIO(bytes(body)))).data_section_crc
                     if stored not in (0, crc):
                         raise RecordingError(path, pos, f"data section CRC mismatch ({stored:#x} stored, {crc:#x} read)")
                 elif op == Opcode.FOOTER:
                     return
-            except CRCValidationError as e:
-                raise RecordingError(path, pos, str(e)) from None
-            except (struct.error, KeyError, UnicodeDecodeError, ValueError) as e:
+            except (struct.error, KeyError, UnicodeDecodeError, ValueError, EOFError) as e:
                 if isinstance(e, RecordingError):
                     raise
                 raise RecordingError(path, pos, f"corrupt record (opcode {op:#04x}): {type(e).__name__}: {e}") from None
-            if op != Opcode.DATA_END:
-                crc = zlib.crc32(body, zlib.crc32(head, crc))
+            if op != Opcode.DATA_END and not covered:
+                crc = crc32(body, crc32(head, crc))
             pos += 9 + length
 
 
@@ -501,74 +610,120 @@ def _bag_records(buf, pos: int, end: int) -> Iterator[tuple[int, dict[str, bytes
         pos = data + dl
 
 
-def _scan_rosbag1(path: Path, why: str) -> Iterator[RawMessage]:
-    """Salvage a ROS1 bag without its index: connection and message records, in file order, from every
-    complete chunk; then :class:`RecordingError` at the first record cut short (or at the end)."""
+def _iter_rosbag1(path: Path) -> Iterator[RawMessage]:
+    """A ROS1 bag 2.0, streamed record by record in file order (each chunk read once; messages handed on
+    as views of it). Connections come from the index section when the bag has one, and from the
+    connection records in the chunks (where recorders write them first) otherwise.
+
+    Messages leave in arrival order (the reader's reorder window puts them in stamp order). A bag
+    without a usable index (a recorder that died) is read to its last complete record; a record cut
+    short ends the stream: :class:`RecordingError` with its offset either way, after every complete
+    message before it.
+    """
     import bz2
 
     import lz4.frame
 
-    with open(path, "rb") as f:
-        buf = f.read()
     magic = b"#ROSBAG V2.0\n"
-    if not buf.startswith(magic):
-        raise RecordingError(path, 0, "not a ROS1 bag (no '#ROSBAG V2.0' line)")
     conns: dict[int, tuple[str, str, str]] = {}
+
+    def connection(hdr, b, d0, d1) -> None:  # its data is the connection header (type, message_definition, ...)
+        c = _bag_header(b, d0, d1)
+        conns[_U32.unpack(hdr["conn"])[0]] = (
+            hdr["topic"].decode(), normalize_type(c["type"].decode()), c.get("message_definition", b"").decode())
 
     def messages(b, start, end) -> Iterator[RawMessage]:
         for _, hdr, d0, d1 in _bag_records(b, start, end):
             op = hdr.get("op", b"\0")[0]
-            if op == 0x07:  # connection: its data is the connection header (type, message_definition, ...)
-                c = _bag_header(b, d0, d1)
-                conns[struct.unpack("<I", hdr["conn"])[0]] = (
-                    hdr["topic"].decode(), normalize_type(c["type"].decode()), c.get("message_definition", b"").decode())
+            if op == 0x07:
+                connection(hdr, b, d0, d1)
             elif op == 0x02:  # message data
-                topic, msgtype, definition = conns[struct.unpack("<I", hdr["conn"])[0]]
-                sec, nsec = struct.unpack("<II", hdr["time"])
-                yield RawMessage(topic, msgtype, sec * 1_000_000_000 + nsec, memoryview(b)[d0:d1], "ros1", definition)
+                yield message(hdr, b[d0:d1])
 
-    pos = len(magic)
-    try:
-        for rec_pos, hdr, d0, d1 in _bag_records(buf, pos, len(buf)):
-            pos = rec_pos
-            op = hdr.get("op", b"\0")[0]
-            if op == 0x05:  # chunk
-                comp = hdr["compression"].decode()
-                raw = memoryview(buf)[d0:d1]
-                data = {"none": lambda r: r, "bz2": bz2.decompress, "lz4": lz4.frame.decompress}[comp](raw)
+    def message(hdr, data) -> RawMessage:
+        topic, msgtype, definition = conns[_U32.unpack(hdr["conn"])[0]]
+        sec, nsec = _TIME.unpack(hdr["time"])
+        return RawMessage(topic, msgtype, sec * 1_000_000_000 + nsec, data, "ros1", definition)
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if f.read(len(magic)) != magic:
+            raise RecordingError(path, 0, "not a ROS1 bag (no '#ROSBAG V2.0' line)")
+        pos = len(magic)
+
+        def record(at: int):
+            """``(header fields, data)`` of the record at ``at`` (the file is positioned there)."""
+            pre = f.read(4)
+            hl = _U32.unpack(pre)[0] if len(pre) == 4 else -1
+            head = f.read(hl + 4) if hl >= 0 else b""
+            if hl < 0 or len(head) < hl + 4:
+                raise EOFError(at)
+            (dl,) = _U32.unpack_from(head, hl)
+            hdr = _bag_header(head, 0, hl)
+            if hdr.get("op", b"\0")[0] == 0x04:  # index data: skipped
+                if at + 8 + hl + dl > size:
+                    raise EOFError(at)
+                f.seek(dl, 1)
+                return hdr, b""
+            if at + 8 + hl + dl > size:
+                raise EOFError(at)
+            data = np.empty(dl, np.uint8)  # writable: clouds decoded from it can be its views
+            if f.readinto(data) < dl:
+                raise EOFError(at)
+            return hdr, memoryview(data)
+
+        try:
+            hdr, _ = record(pos)
+            if hdr.get("op", b"\0")[0] != 0x03:
+                raise RecordingError(path, pos, "the first record is not the bag header")
+            index_pos = _U64.unpack(hdr["index_pos"])[0]
+            pos = f.tell()
+            why = ""
+            if not pos <= index_pos < size:
+                why = ("index_pos is 0: the recording was not closed" if index_pos == 0 else
+                       f"index at byte {index_pos}, the file has {size} bytes")
+            else:
+                f.seek(index_pos)
+                tail = f.read()
                 try:
-                    yield from messages(data, 0, len(data))
+                    for _, ihdr, d0, d1 in _bag_records(tail, 0, len(tail)):
+                        if ihdr.get("op", b"\0")[0] == 0x07:
+                            connection(ihdr, tail, d0, d1)
                 except EOFError:
-                    raise RecordingError(path, rec_pos, "corrupt chunk: a record overruns it") from None
-            elif op in (0x02, 0x07):
-                yield from messages(buf, rec_pos, d1)
-            pos = d1
-    except EOFError as e:
-        raise RecordingError(path, e.args[0], f"truncated record ({len(buf)} bytes in the file; {why})") from None
-    except (KeyError, struct.error, OSError, ValueError) as e:
-        if isinstance(e, RecordingError):
-            raise
-        raise RecordingError(path, pos, f"corrupt record: {type(e).__name__}: {e}") from None
-    raise RecordingError(path, len(buf), f"bag has no usable index ({why}); every record up to the end was read")
-
-
-def _iter_rosbag1(path: Path) -> Iterator[RawMessage]:
-    """A ROS1 bag through rosbags' reader (its index, time order); salvaged by a record scan when refused."""
-    from rosbags.rosbag1 import Reader, ReaderError
-
-    try:
-        reader = Reader(path)
-        reader.open()
-    except ReaderError as e:
-        yield from _scan_rosbag1(path, f"rosbags: {e}")
-        return
-    try:
-        for conn, t, raw in reader.messages():
-            yield RawMessage(conn.topic, normalize_type(conn.msgtype), t, raw, "ros1", conn.msgdef.data)
-    except ReaderError as e:
-        raise RecordingError(path, -1, f"rosbags could not read on: {e}") from None
-    finally:
-        reader.close()
+                    why = "the index section is cut short"
+                f.seek(pos)
+            end = size if why else index_pos
+            while pos < end:
+                hdr, data = record(pos)
+                op = hdr.get("op", b"\0")[0]
+                if op == 0x05:  # chunk
+                    comp = hdr["compression"].decode()
+                    if comp == "bz2":
+                        data = memoryview(bz2.decompress(data))
+                    elif comp == "lz4":
+                        data = memoryview(lz4.frame.decompress(data))
+                    elif comp != "none":
+                        raise ValueError(f"unknown chunk compression {comp!r}")
+                    try:
+                        yield from messages(data, 0, len(data))
+                    except EOFError:
+                        raise RecordingError(path, pos, "corrupt chunk: a record overruns it") from None
+                elif op == 0x07:  # unchunked connection
+                    connection(hdr, data, 0, len(data))
+                elif op == 0x02:  # unchunked message
+                    yield message(hdr, data)
+                elif op == 0x03:
+                    raise ValueError("a second bag header record")
+                pos = f.tell()
+        except EOFError as e:
+            raise RecordingError(path, e.args[0], f"truncated record ({size} bytes in the file"
+                                 + (f"; {why})" if why else ")")) from None
+        except (KeyError, struct.error, OSError, ValueError, UnicodeDecodeError) as e:
+            if isinstance(e, RecordingError):
+                raise
+            raise RecordingError(path, pos, f"corrupt record: {type(e).__name__}: {e}") from None
+        if why:
+            raise RecordingError(path, pos, f"bag has no usable index ({why}); every record up to the end was read")
 
 
 def _iter_db3(path: Path) -> Iterator[RawMessage]:

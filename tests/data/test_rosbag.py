@@ -224,6 +224,98 @@ def test_truncated_file_salvages_complete_messages(tmp_path, fmt):
         np.testing.assert_array_equal(f.lidar["lidar"].points, src)
 
 
+def test_float32_fast_paths_share_copy_and_test_bits():
+    """x y z intensity float32: decoded in place from a writable aligned buffer, copied once from a read-only or
+    unaligned one, gathered with padding; NaN and +-inf in x/y/z drop the point, a NaN intensity does not."""
+    rng = np.random.default_rng(1)
+    pts = rng.normal(size=(64, 4)).astype(np.float32)
+    pts[5, 0], pts[9, 2], pts[11, 1], pts[20, 3] = np.nan, np.inf, -np.inf, np.nan
+    keep = np.isfinite(pts[:, :3]).all(1)
+    f4 = np.dtype({"names": ["x", "y", "z", "intensity"], "formats": ["<f4"] * 4, "offsets": [0, 4, 8, 12],
+                   "itemsize": 16})
+    cloud, nan = decode_pointcloud2(_cloud_msg(pts, f4), "/t")
+    assert nan == 3
+    np.testing.assert_array_equal(cloud.points, pts[keep])
+    clean = _cloud_msg(pts[keep], f4)
+    cloud, nan = decode_pointcloud2(clean, "/t")
+    assert nan == 0 and np.shares_memory(cloud.points, clean.data) and cloud.points.flags.writeable
+    for data in (np.frombuffer(clean.data.tobytes(), np.uint8),                 # read-only
+                 np.frombuffer(b"\0" + clean.data.tobytes(), np.uint8)[1:]):    # unaligned
+        m = type(clean)(**{**{k: getattr(clean, k) for k in clean.__dataclass_fields__}, "data": data})
+        c, nan = decode_pointcloud2(m, "/t")
+        assert nan == 0 and not np.shares_memory(c.points, data) and c.points.flags.aligned
+        np.testing.assert_array_equal(c.points, pts[keep])
+    padded = np.dtype({"names": ["intensity", "x", "y", "z"], "formats": ["<f4"] * 4, "offsets": [0, 8, 12, 16],
+                       "itemsize": 24})
+    c, nan = decode_pointcloud2(_cloud_msg(pts[:, [3, 0, 1, 2]], padded), "/t")
+    assert nan == 3 and c.fields == ("x", "y", "z", "intensity")
+    np.testing.assert_array_equal(c.points, pts[keep])
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd", "lz4"])
+def test_mcap_chunks_and_crcs(tmp_path, compression):
+    """An MCAP with CRCs (the mcap writer's): every message back; a flipped byte in a chunk stops the stream
+    at that chunk with a CRC error, after the messages of the chunks before it."""
+    import struct
+
+    from mcap.writer import CompressionType, Writer
+
+    rng = np.random.default_rng(2)
+    payloads = [rng.integers(0, 255, int(rng.integers(1, 3000)), dtype=np.uint8).tobytes() for _ in range(60)]
+    good = tmp_path / "good.mcap"
+    with open(good, "wb") as f:
+        w = Writer(f, chunk_size=20_000, compression=getattr(CompressionType, compression.upper()))
+        w.start()
+        sid = w.register_schema("test/msg/Blob", "ros2msg", b"uint8[] data")
+        cid = w.register_channel("/blob", "cdr", sid)
+        for i, p in enumerate(payloads):
+            w.add_message(cid, log_time=1000 + i, data=p, publish_time=1000 + i)
+        w.finish()
+    got = list(iter_recording(good))
+    assert [bytes(r.data) for r in got] == payloads and [r.log_time_ns for r in got] == list(range(1000, 1060))
+    assert {(r.topic, r.msgtype, r.encoding, r.definition) for r in got} == {("/blob", "test/msg/Blob", "cdr",
+                                                                             "uint8[] data")}
+    data = bytearray(good.read_bytes())
+    chunks, pos = [], 8
+    while pos < len(data):
+        op, length = struct.unpack_from("<BQ", data, pos)
+        if op == 0x06:
+            chunks.append((pos, length))
+        if op == 0x02:
+            break
+        pos += 9 + length
+    assert len(chunks) >= 3 and all(struct.unpack_from("<I", data, p + 9 + 24)[0] for p, _ in chunks)
+    at, length = chunks[1]
+    data[at + 9 + length - 5] ^= 0xFF  # inside the second chunk's (compressed) records
+    bad = tmp_path / "bad.mcap"
+    bad.write_bytes(bytes(data))
+    salvaged = []
+    with pytest.raises(RecordingError) as e:
+        for r in iter_recording(bad):
+            salvaged.append(bytes(r.data))
+    assert e.value.offset == at and str(bad) in str(e.value)
+    assert salvaged and salvaged == payloads[: len(salvaged)]
+    if compression == "none":
+        assert "chunk CRC mismatch" in str(e.value)
+
+
+def test_ros1_bag_without_index_is_read_to_the_end(tmp_path):
+    """A bag whose header says index_pos 0 (a recorder that died): every message, then the error saying so."""
+    samples, calib = _samples(n=4, size=(64, 48))
+    path = write_recording(samples, calib, tmp_path / "r.bag", "ros1")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"index_pos=") + len(b"index_pos=")
+    data[at: at + 8] = bytes(8)
+    bad = tmp_path / "noindex.bag"
+    bad.write_bytes(bytes(data))
+    full = [(r.topic, r.log_time_ns) for r in iter_recording(path)]
+    got = []
+    with pytest.raises(RecordingError, match="no usable index"):
+        for r in iter_recording(bad):
+            got.append((r.topic, r.log_time_ns))
+    assert sorted(got) == sorted(full) and len(got) > 8
+
+
 def test_reorder_window_and_late_messages(tmp_path):
     """Header stamps out of order within the window are reordered (counted); older than what left is late."""
     from rosbags.rosbag1 import Writer
