@@ -5,7 +5,7 @@ from pathlib import Path
 
 from perception.data.common import DataError, Reader
 
-SOURCES = ("kitti", "kitti360", "nuscenes", "waymo", "kitti-info", "navsim", "sim")
+SOURCES = ("kitti", "kitti360", "nuscenes", "waymo", "kitti-info", "navsim", "sim", "rosbag")
 
 
 def open_reader(source: str, root: str | Path, **kwargs) -> Reader:
@@ -37,6 +37,10 @@ def open_reader(source: str, root: str | Path, **kwargs) -> Reader:
         from perception.data.sim import SimReader
 
         return SimReader(root, **kwargs)  # root: the dataset folder (dataset.json); split="train" by default
+    if source == "rosbag":
+        from perception.data.rosbag import RosbagReader
+
+        return RosbagReader(root, **kwargs)  # root: a .bag, .db3, .mcap or rosbag2 folder; config=RosbagConfig
     raise ValueError(f"unknown source {source!r}; choose from {SOURCES}")
 
 

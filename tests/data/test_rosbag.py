@@ -367,3 +367,28 @@ def good_dtype():
 def test_check_returns_layout():
     dt = check_pointcloud2(_good(), "/t", 0)
     assert dt.itemsize == 16 and dt.names == ("x", "y", "z", "intensity")
+
+
+def test_open_reader_rosbag(tmp_path):
+    """``--source rosbag --root BAG`` (demo, browse, batch) reads a recording like any other source."""
+    from perception.data import SOURCES, open_reader
+
+    samples, calib = _samples(n=3, size=(64, 48))
+    path = write_recording(samples, calib, tmp_path / "r.bag", "ros1")
+    reader = open_reader("rosbag", path)
+    assert "rosbag" in SOURCES and isinstance(reader, RosbagReader) and len(reader) == 3
+    assert [s.frame.timestamp for s in reader] == [s.frame.timestamp for s in samples]
+
+
+def test_replay_benchmark_rows(monkeypatch):
+    """tools/benchmark.py replay: both formats, each against the raw read and the library's record read."""
+    from tools.bench import replay
+
+    monkeypatch.setattr(replay, "CLOUDS", 3)
+    rows = replay.rows(repeats=1)
+    assert [r["op"] for r in rows] == ["ingest ros1"] * 2 + ["ingest ros2-mcap"] * 2
+    for r in rows:
+        assert r["params"]["clouds"] == 3 and r["median_ms"] > 0 and r["peer_median_ms"] > 0
+        assert r["speedup"] == round(r["peer_median_ms"] / r["median_ms"], 3) or abs(
+            r["speedup"] - r["peer_median_ms"] / r["median_ms"]) < 2e-3
+        assert r["realtime_factor"] > 0 and r["mb_per_s"] > 0
