@@ -44,7 +44,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numba
 import numpy as np
@@ -458,30 +458,6 @@ _U32, _U64, _TIME = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<II
 _MESSAGE = struct.Struct("<HIQQ")
 
 
-def _chunk_records(path: Path, pos: int, records, emit) -> Iterator[RawMessage]:
-    """The records of one (decompressed) MCAP chunk: messages as zero-copy views of ``records``."""
-    from mcap.data_stream import ReadDataStream
-    from mcap.records import Channel, Schema
-
-    n, k = len(records), 0
-    while k < n:
-        if k + 9 > n:
-            raise RecordingError(path, pos, "corrupt chunk: a record header overruns it")
-        op, length = _OP_LEN.unpack_from(records, k)
-        body = k + 9
-        if body + length > n:
-            raise RecordingError(path, pos, f"corrupt chunk: a record (opcode {op:#04x}) overruns it")
-        if op == 0x05:  # message: channel u16, sequence u32, log_time u64, publish_time u64, data
-            if length < 22:
-                raise RecordingError(path, pos, f"corrupt chunk: a {length}-byte message record")
-            channel, _, log_time, _ = _MESSAGE.unpack_from(records, body)
-            yield from emit(channel, log_time, records[body + 22: body + length])
-        elif op in (0x03, 0x04):  # schema, channel
-            rec = (Schema if op == 0x03 else Channel).read(ReadDataStream(io.BytesIO(bytes(records[body: body + length]))))
-            yield from emit(rec, 0, None)
-        k = body + length
-
-
 def _iter_mcap(path: Path) -> Iterator[RawMessage]:
     """Every message of an MCAP file, record by record; CRCs checked where the file has them.
 
@@ -498,17 +474,33 @@ def _iter_mcap(path: Path) -> Iterator[RawMessage]:
     schemas: dict[int, Any] = {}
     channels: dict[int, tuple] = {}
 
-    def emit(rec, log_time, data) -> Iterator[RawMessage]:
-        if data is not None:
-            topic, msgtype, enc, definition = channels[rec]
-            yield RawMessage(topic, msgtype, log_time, data, enc, definition)
-        elif isinstance(rec, Schema):
-            schemas[rec.id] = rec
-        else:
-            sc = schemas.get(rec.schema_id)
-            channels[rec.id] = (rec.topic, normalize_type(sc.name) if sc else "",
-                                {"ros1": "ros1", "cdr": "cdr"}.get(rec.message_encoding, rec.message_encoding),
-                                sc.data.decode() if sc and sc.encoding in ("ros1msg", "ros2msg") else "")
+    def record(op: int, body) -> Iterator[RawMessage]:
+        """One schema, channel or message record (``body``: its bytes after opcode and length)."""
+        if op == Opcode.MESSAGE:  # channel u16, sequence u32, log_time u64, publish_time u64, data
+            if len(body) < 22:
+                raise ValueError(f"a {len(body)}-byte message record")
+            channel, _, log_time, _ = _MESSAGE.unpack_from(body, 0)
+            topic, msgtype, enc, definition = channels[channel]
+            yield RawMessage(topic, msgtype, log_time, body[22:], enc, definition)
+        elif op == Opcode.SCHEMA:
+            sc = Schema.read(ReadDataStream(io.BytesIO(bytes(body))))
+            schemas[sc.id] = sc
+        elif op == Opcode.CHANNEL:
+            ch = Channel.read(ReadDataStream(io.BytesIO(bytes(body))))
+            sc = schemas.get(ch.schema_id)
+            channels[ch.id] = (ch.topic, normalize_type(sc.name) if sc else "", ch.message_encoding,
+                               sc.data.decode() if sc and sc.encoding in ("ros1msg", "ros2msg") else "")
+
+    def chunk_records(records) -> Iterator[RawMessage]:
+        n, k = len(records), 0
+        while k < n:
+            if k + 9 > n:
+                raise ValueError("corrupt chunk: a record header overruns it")
+            op, length = _OP_LEN.unpack_from(records, k)
+            if k + 9 + length > n:
+                raise ValueError(f"corrupt chunk: a record (opcode {op:#04x}) overruns it")
+            yield from record(op, records[k + 9: k + 9 + length])
+            k += 9 + length
 
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -521,10 +513,8 @@ def _iter_mcap(path: Path) -> Iterator[RawMessage]:
                 raise RecordingError(path, pos, "file ends before the footer (truncated)"
                                      + (f"; {len(head)} stray bytes" if head else ""))
             op, length = _OP_LEN.unpack(head)
-            if pos + 9 + length > size:  # (before allocating what a corrupt length declares)
-                raise RecordingError(path, pos, f"truncated record (opcode {op:#04x}): {length} bytes declared, "
-                                     f"{size - pos - 9} present")
-            body = np.empty(length, np.uint8)  # writable: clouds decoded from it can be its views
+            # writable: clouds decoded from it can be its views; never more than the file holds (a corrupt length)
+            body = np.empty(min(length, max(size - pos - 9, 0)), np.uint8)
             got = f.readinto(body)
             if got < length:
                 raise RecordingError(path, pos, f"truncated record (opcode {op:#04x}): {length} bytes declared, "
@@ -560,13 +550,9 @@ def _iter_mcap(path: Path) -> Iterator[RawMessage]:
                         got = rcrc if compression == "" else crc32(records)
                         if got != stored:
                             raise RecordingError(path, pos, f"chunk CRC mismatch ({stored:#x} stored, {got:#x} read)")
-                    yield from _chunk_records(path, pos, records, emit)
-                elif op in (Opcode.SCHEMA, Opcode.CHANNEL):
-                    yield from emit((Schema if op == Opcode.SCHEMA else Channel).read(ReadDataStream(io.BytesIO(bytes(body)))),
-                                    0, None)
-                elif op == Opcode.MESSAGE:
-                    channel, _, log_time, _ = _MESSAGE.unpack_from(body, 0)
-                    yield from emit(channel, log_time, view[22:])
+                    yield from chunk_records(records)
+                elif op in (Opcode.SCHEMA, Opcode.CHANNEL, Opcode.MESSAGE):  # outside chunks (unchunked files)
+                    yield from record(op, view)
                 elif op == Opcode.DATA_END:
                     stored = DataEnd.read(ReadDataStream(io.BytesIO(bytes(body)))).data_section_crc
                     if stored not in (0, crc):
@@ -632,8 +618,8 @@ def _iter_rosbag1(path: Path) -> Iterator[RawMessage]:
         conns[_U32.unpack(hdr["conn"])[0]] = (
             hdr["topic"].decode(), normalize_type(c["type"].decode()), c.get("message_definition", b"").decode())
 
-    def messages(b, start, end) -> Iterator[RawMessage]:
-        for _, hdr, d0, d1 in _bag_records(b, start, end):
+    def messages(b) -> Iterator[RawMessage]:  # the records of a chunk
+        for _, hdr, d0, d1 in _bag_records(b, 0, len(b)):
             op = hdr.get("op", b"\0")[0]
             if op == 0x07:
                 connection(hdr, b, d0, d1)
@@ -652,24 +638,22 @@ def _iter_rosbag1(path: Path) -> Iterator[RawMessage]:
         pos = len(magic)
 
         def record(at: int):
-            """``(header fields, data)`` of the record at ``at`` (the file is positioned there)."""
+            """``(header fields, data)`` of the record at ``at`` (the file is positioned there); index data
+            records are skipped (empty data). Lengths are checked against the file before anything is read."""
             pre = f.read(4)
-            hl = _U32.unpack(pre)[0] if len(pre) == 4 else -1
-            head = f.read(hl + 4) if hl >= 0 else b""
-            if hl < 0 or len(head) < hl + 4:
+            if len(pre) < 4 or at + 8 + _U32.unpack(pre)[0] > size:
                 raise EOFError(at)
+            hl = _U32.unpack(pre)[0]
+            head = f.read(hl + 4)
             (dl,) = _U32.unpack_from(head, hl)
-            hdr = _bag_header(head, 0, hl)
-            if hdr.get("op", b"\0")[0] == 0x04:  # index data: skipped
-                if at + 8 + hl + dl > size:
-                    raise EOFError(at)
-                f.seek(dl, 1)
-                return hdr, b""
             if at + 8 + hl + dl > size:
                 raise EOFError(at)
+            hdr = _bag_header(head, 0, hl)
+            if hdr.get("op", b"\0")[0] == 0x04:
+                f.seek(dl, 1)
+                return hdr, b""
             data = np.empty(dl, np.uint8)  # writable: clouds decoded from it can be its views
-            if f.readinto(data) < dl:
-                raise EOFError(at)
+            f.readinto(data)
             return hdr, memoryview(data)
 
         try:
@@ -705,7 +689,7 @@ def _iter_rosbag1(path: Path) -> Iterator[RawMessage]:
                     elif comp != "none":
                         raise ValueError(f"unknown chunk compression {comp!r}")
                     try:
-                        yield from messages(data, 0, len(data))
+                        yield from messages(data)
                     except EOFError:
                         raise RecordingError(path, pos, "corrupt chunk: a record overruns it") from None
                 elif op == 0x07:  # unchunked connection
