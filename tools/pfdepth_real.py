@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perception.eval.depth import DepthAccumulator, DepthCaps  # noqa: E402
-from perception.models.pfdepth.views import resized_camera, view_type  # noqa: E402
+from perception.models.pfdepth.views import view_type  # noqa: E402
+from perception.pipeline.camera import scale_camera  # noqa: E402
 from perception.structures import SE3, Calibration, CameraImage, Frame  # noqa: E402
 from perception.viz.depth import save_depth_png  # noqa: E402
 
@@ -89,7 +90,7 @@ def run_kitti360(model, root: Path, out: Path, frames: int) -> dict:
             save_depth_png(out / f"kitti360_{frame.token}_{name}.png", dm)
             kind = view_type(frame.calib.cameras[name])
             W, H = pre.sizes[kind]
-            cam = resized_camera(frame.calib.cameras[name], W, H)
+            cam = scale_camera(frame.calib.cameras[name], W, H)
             gt = lidar_depth(pts, cam, frame.calib.ego_from_sensor[name].matrix)
             tag = kind + ("_rendered" if name in o.rendered_only else "")
             acc["pfdepth"].add(tag, dm.depth, gt)
@@ -97,7 +98,7 @@ def run_kitti360(model, root: Path, out: Path, frames: int) -> dict:
                 acc["baseline"].add(tag, o.baseline[name].depth, gt)
         if i == 0:
             save_depth_png(out / f"kitti360_{frame.token}_image_00_lidar.png", lidar_depth(
-                pts, resized_camera(frame.calib.cameras["image_00"], *pre.sizes["pinhole"]),
+                pts, scale_camera(frame.calib.cameras["image_00"], *pre.sizes["pinhole"]),
                 frame.calib.ego_from_sensor["image_00"].matrix))
     return {"frames": min(frames, len(reader)), "ground_height_m": float(np.mean(heights)),
             "pfdepth": acc["pfdepth"].results(), "baseline": acc["baseline"].results()}

@@ -68,6 +68,7 @@ __all__ = [
     "MEICamera",
     "RadialPolyFisheye",
     "KannalaBrandtCamera",
+    "ResizedCamera",
     "woodscape_extrinsic",
 ]
 
@@ -672,3 +673,26 @@ class KannalaBrandtCamera(CameraModel):
         valid = x.logical_and(x.logical_and(ok, self.in_image(q)), rd < self.theta_d_max)
         valid = x.logical_and(valid, res * max(self.fx, self.fy) < res_px)
         return _unit_rays(x, mx * s, my * s, x.cos(theta), valid)
+
+
+@dataclass(frozen=True)
+class ResizedCamera(CameraModel):
+    """``base`` imaged at ``width x height``, for models without an affine pixel map (WoodScape's radial
+    polynomial): pixels scale as ``u' = (u + 0.5) sx - 0.5`` (OpenCV centres), the rest is ``base``'s."""
+
+    base: CameraModel = None  # type: ignore[assignment]
+
+    def _scale(self) -> tuple[float, float]:
+        return self.width / self.base.width, self.height / self.base.height
+
+    def project(self, points_cam):
+        uv, valid = self.base.project(points_cam)
+        sx, sy = self._scale()
+        x = xp(uv)
+        uv = x.stack([(uv[..., 0] + 0.5) * sx - 0.5, (uv[..., 1] + 0.5) * sy - 0.5], -1)
+        return uv, x.logical_and(valid, self.in_image(uv))
+
+    def unproject(self, uv):
+        sx, sy = self._scale()
+        base = xp(uv).stack([(uv[..., 0] + 0.5) / sx - 0.5, (uv[..., 1] + 0.5) / sy - 0.5], -1)
+        return self.base.unproject(base)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from perception.geometry.camera_base import CameraModel
-from perception.geometry.cameras import KannalaBrandtCamera, MEICamera, PinholeCamera
+from perception.geometry.cameras import KannalaBrandtCamera, MEICamera, PinholeCamera, ResizedCamera
 from perception.pipeline.types import CameraTensors, Preprocessed, as_preprocessed
 from perception.structures import CameraImage, Frame
 
@@ -47,8 +47,11 @@ class CameraConfig:
             raise ValueError(f"CameraConfig: mean and std need 3 values, std > 0; got {self.mean}, {self.std}")
 
 
-def scale_camera(model: CameraModel, width: int, height: int) -> CameraModel | None:
-    """The model of the same camera imaged at ``width x height``; None where the model has no affine pixel map."""
+def scale_camera(model: CameraModel, width: int, height: int) -> CameraModel:
+    """The model of the same camera imaged at ``width x height`` (exact for every model): rescaled
+    intrinsics where the pixel map is affine, else :class:`~perception.geometry.cameras.ResizedCamera`."""
+    if (width, height) == (model.width, model.height):
+        return model
     sx, sy = width / model.width, height / model.height
     if isinstance(model, (PinholeCamera, KannalaBrandtCamera)):
         return dataclasses.replace(model, width=width, height=height, fx=model.fx * sx, fy=model.fy * sy,
@@ -57,7 +60,7 @@ def scale_camera(model: CameraModel, width: int, height: int) -> CameraModel | N
         return dataclasses.replace(model, width=width, height=height, gamma1=model.gamma1 * sx,
                                    gamma2=model.gamma2 * sy, u0=(model.u0 + 0.5) * sx - 0.5,
                                    v0=(model.v0 + 0.5) * sy - 0.5)
-    return None
+    return ResizedCamera(width, height, model)
 
 
 def undistort_pinhole(image: np.ndarray, model: PinholeCamera) -> tuple[np.ndarray, PinholeCamera]:

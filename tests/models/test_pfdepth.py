@@ -9,7 +9,9 @@ from mmengine.config import Config
 from perception.geometry.grid import VoxelGrid
 from perception.models.pfdepth.data import PFDepthSimDataset
 from perception.models.pfdepth.model import PFDepth
-from perception.models.pfdepth.views import ResizedCamera, compute_geometry, resized_camera
+from perception.geometry.cameras import ResizedCamera
+from perception.models.pfdepth.views import compute_geometry
+from perception.pipeline.camera import scale_camera
 from perception.pipeline.model_stage import build_model
 from perception.sim.sensors import fisheye_rig, navsim_front_rig
 from perception.structures.depth import DepthOutput
@@ -35,7 +37,7 @@ def test_lifting_projects_through_each_cameras_own_model():
     pin = navsim_front_rig()[1]                      # CAM_F0, looking along +x
     kb, mei = fisheye_rig()[0], fisheye_rig()[1]     # FISHEYE_FRONT (Kannala-Brandt), FISHEYE_LEFT (MEI, xi > 1)
     for cam in (pin, kb, mei):
-        model = resized_camera(cam.model, *SIZES["pinhole" if cam is pin else "fisheye"])
+        model = scale_camera(cam.model, *SIZES["pinhole" if cam is pin else "fisheye"])
         T = cam.ego_from_camera.matrix
         geo = compute_geometry(model, np.asarray(T), grid, 4)
         centres = grid.cell_centers().reshape(-1, 3)
@@ -57,7 +59,7 @@ def test_lifting_projects_through_each_cameras_own_model():
 def test_resized_camera_matches_affine_rescale():
     """ResizedCamera (used for models without an affine pixel map) agrees with the exact rescale of a KB model."""
     kb = fisheye_rig()[0].model
-    exact, wrapped = resized_camera(kb, 64, 64), ResizedCamera(64, 64, kb)
+    exact, wrapped = scale_camera(kb, 64, 64), ResizedCamera(64, 64, kb)
     pts = np.random.default_rng(0).normal(size=(200, 3)) + [0, 0, 1.5]
     (a, va), (b, vb) = exact.project(pts), wrapped.project(pts)
     assert np.array_equal(va, vb) and va.sum() > 50

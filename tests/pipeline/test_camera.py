@@ -54,3 +54,19 @@ def test_fisheye_passes_through_undistorted_and_rescaled():
     np.testing.assert_array_equal(out.image.numpy().transpose(1, 2, 0), img.astype(np.float32))
     half = CameraPreprocess(CameraConfig(size=(32, 32))).process(CameraImage(img, cam, 0.0, "fish"))
     assert half.camera.fx == 10.0 and half.camera.cx == 15.5 and half.camera.k1 == cam.k1
+
+
+def test_resize_of_a_radial_polynomial_fisheye_keeps_a_camera_model():
+    """WoodScape's model has no affine pixel map: the resized view's model wraps it (ResizedCamera), and a
+    point projects to the resized image where the full-size projection, rescaled, puts it."""
+    from perception.geometry.cameras import RadialPolyFisheye, ResizedCamera
+
+    cam = RadialPolyFisheye(128, 96, 40.0, -3.0, 2.0, 0.0, 0.0, 0.0, 1.0)
+    img = np.zeros((96, 128, 3), np.uint8)
+    out = CameraPreprocess(CameraConfig(size=(64, 48))).process(CameraImage(img, cam, 0.0, "fish"))
+    assert isinstance(out.camera, ResizedCamera) and (out.camera.width, out.camera.height) == (64, 48)
+    p = np.array([[0.3, -0.2, 1.0]])
+    uv, ok = cam.project(p)
+    uv2, ok2 = out.camera.project(p)
+    assert ok[0] and ok2[0]
+    np.testing.assert_allclose(uv2[0], (uv[0] + 0.5) * 0.5 - 0.5, atol=1e-9)

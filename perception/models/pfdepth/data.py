@@ -3,7 +3,7 @@
 :class:`PFDepthSimDataset` renders frames of :class:`~perception.sim.scene.SimSequence` (rigs
 ``navsim`` + ``fisheye``: 3 pinholes, 4 190° fisheyes, per-pixel depth) and keeps, per frame, only
 the cameras asked for, already at the training size: images area-resized, camera models rescaled
-(:func:`~perception.models.pfdepth.views.resized_camera`), depth sampled at the resized pixel
+(:func:`~perception.pipeline.camera.scale_camera`), depth sampled at the resized pixel
 centres (nearest; z for pinholes, range along the ray for fisheyes, 0 = none). No LiDAR is kept.
 Frames ``0, every, 2 every, ...`` of each sequence are used (consecutive frames at 10 Hz are nearly
 the same picture). ``cache_dir`` keeps one pickle per sequence (a few MB); it is a cache this class
@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from perception.models.pfdepth.views import resized_camera, view_type
+from perception.models.pfdepth.views import view_type
+from perception.pipeline.camera import scale_camera
 from perception.structures import CameraImage, Calibration, DepthMap, Frame, Sample, Targets
 
 
@@ -32,7 +33,7 @@ def shrink_sample(sample: Sample, cameras: Sequence[str], sizes: dict) -> Sample
     for name in cameras:
         img = f.cameras[name]
         W, H = sizes[view_type(img.camera)]
-        model = resized_camera(img.camera, W, H)
+        model = scale_camera(img.camera, W, H)
         image = cv2.resize(img.image, (W, H), interpolation=cv2.INTER_AREA)
         cams[name] = CameraImage(image, model, img.timestamp, img.frame_id)
         models[name] = model

@@ -12,9 +12,8 @@ and extrinsic; nothing is undistorted or reprojected. Per view this module compu
 * **output**: the full-resolution valid-FOV mask ``[H, W]`` and the rays' z component (a pinhole's
   depth is z = range * ray_z, a fisheye's is the range itself: the synthetic world's convention).
 
-Views whose model has no affine pixel map (WoodScape's radial polynomial) are resized through
-:class:`ResizedCamera`, which scales pixels around the OpenCV pixel-centre convention and defers
-everything else to the wrapped model.
+Views are resized through :func:`perception.pipeline.camera.scale_camera` (rescaled intrinsics, or
+:class:`~perception.geometry.cameras.ResizedCamera` for WoodScape's radial polynomial).
 """
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from perception.geometry.camera_base import CameraModel
-from perception.geometry.cameras import PinholeCamera
+from perception.geometry.cameras import PinholeCamera, ResizedCamera
 from perception.geometry.grid import VoxelGrid
 from perception.pipeline.camera import IMAGENET_MEAN, IMAGENET_STD, scale_camera
 from perception.structures import CameraImage, Frame
@@ -39,37 +38,6 @@ def view_type(model: CameraModel) -> str:
     """``"pinhole"`` for :class:`PinholeCamera` (its depth is z), ``"fisheye"`` for every other model (range)."""
     base = model.base if isinstance(model, ResizedCamera) else model
     return PINHOLE if isinstance(base, PinholeCamera) else FISHEYE
-
-
-@dataclass(frozen=True)
-class ResizedCamera(CameraModel):
-    """``base`` imaged at ``width x height``: pixels scale as ``u' = (u + 0.5) sx - 0.5`` (OpenCV centres)."""
-
-    base: CameraModel = None  # type: ignore[assignment]
-
-    def _scale(self) -> tuple[float, float]:
-        return self.width / self.base.width, self.height / self.base.height
-
-    def project(self, points_cam):
-        uv, valid = self.base.project(points_cam)
-        sx, sy = self._scale()
-        u, v = (uv[..., 0] + 0.5) * sx - 0.5, (uv[..., 1] + 0.5) * sy - 0.5
-        uv = torch.stack([u, v], -1) if isinstance(uv, torch.Tensor) else np.stack([u, v], -1)
-        return uv, valid & self.in_image(uv)
-
-    def unproject(self, uv):
-        sx, sy = self._scale()
-        u, v = (uv[..., 0] + 0.5) / sx - 0.5, (uv[..., 1] + 0.5) / sy - 0.5
-        base = torch.stack([u, v], -1) if isinstance(uv, torch.Tensor) else np.stack([u, v], -1)
-        return self.base.unproject(base)
-
-
-def resized_camera(model: CameraModel, width: int, height: int) -> CameraModel:
-    """The model of ``model``'s camera imaged at ``width x height`` (exact for every model)."""
-    if (width, height) == (model.width, model.height):
-        return model
-    scaled = scale_camera(model, width, height)
-    return scaled if scaled is not None else ResizedCamera(width, height, model)
 
 
 @dataclass(frozen=True)
@@ -205,7 +173,7 @@ def build_inputs(frames: Sequence[Frame], cameras: Sequence[str], sizes: dict[st
         W, H = sizes[kind]
         imgs, has, geos = [], [], []
         for f, model in zip(frames, models):
-            geos.append(cache(resized_camera(model, W, H), f.calib.ego_from_sensor[name].matrix, grid, stride))
+            geos.append(cache(scale_camera(model, W, H), f.calib.ego_from_sensor[name].matrix, grid, stride))
             if name in f.cameras:
                 imgs.append(_image_tensor(f.cameras[name], (W, H)))
                 has.append(True)
