@@ -21,12 +21,14 @@ Gaussians with a non-finite mean, scale, rotation or opacity are left out and co
 (``return_count=True`` returns ``(out, n_nonfinite)``); their gradients are zero.
 
 Backends: ``"torch"`` (``*_reference``: the (Gaussian, cell) pairs of every bounding box, masked by
-the cut-off, ``index_add_``), ``"cpu"`` (numba: the forward splits the grid into strips of rows,
-each over the Gaussians that touch it, dealt into one bin per thread by estimated work, so no two
-threads write one cell and clustered scenes keep both threads busy; per Gaussian and row the run
-of cells inside the cut-off is solved for and its weights follow by a two-multiplication
-recurrence instead of an ``exp`` per cell; the backward is one work item per
-Gaussian, which owns its gradients; the 3-D kernels are the plain per-voxel versions of the same),
+the cut-off, ``index_add_``), ``"cpu"`` (numba: per Gaussian and row the run of cells inside the
+cut-off is solved for once (SIMD over a Gaussian's rows), and the weights along a run follow by a
+two-multiplication recurrence instead of an ``exp`` per cell; the forward splits the grid into
+strips of rows, each over the Gaussians that touch it, dealt into one bin per thread by estimated
+work, so no two threads write one cell and clustered scenes keep both threads busy, and adds each
+run with the Gaussian's features held in vector registers (:mod:`perception.ops._simd`); the
+backward is one work item per Gaussian, which owns its gradients; both take the Gaussians in the
+order of their first row, for locality; the 3-D kernels are the plain per-voxel versions),
 ``"cuda"`` (``ops/gaussian_splat/``: one block per tile of cells over the tile's Gaussian list in
 the forward, one block per Gaussian in the backward; no atomics).
 """
@@ -40,6 +42,7 @@ import torch
 
 from perception.geometry.grid import BevGrid, VoxelGrid
 from perception.ops._backend import check_shape, resolve
+from perception.ops._simd import axpy_run
 
 __all__ = ["gaussian_splat_bev", "gaussian_splat_bev_reference", "gaussian_splat_volume",
            "gaussian_splat_volume_reference", "quaternion_to_rotmat"]
@@ -269,6 +272,34 @@ def _tile_lists(box, tile, ntiles):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
+def _order_by_row(box, nx):  # pragma: no cover - compiled
+    """The Gaussians with a non-empty box, by the row their box starts in (stable counting sort)."""
+    G = box.shape[0]
+    start = np.zeros(nx + 1, np.int64)
+    for g in range(G):
+        if box[g, 1] >= box[g, 0] and box[g, 3] >= box[g, 2]:
+            start[box[g, 0] + 1] += 1
+    for i in range(nx):
+        start[i + 1] += start[i]
+    order = np.empty(start[nx], np.int64)
+    for g in range(G):
+        if box[g, 1] >= box[g, 0] and box[g, 3] >= box[g, 2]:
+            order[start[box[g, 0]]] = g
+            start[box[g, 0]] += 1
+    return order
+
+
+@numba.njit(parallel=True, cache=True)
+def _take_rows(src, order):  # pragma: no cover - compiled
+    """``src[order]`` for a 2-D array, rows copied in parallel."""
+    dst = np.empty((order.shape[0], src.shape[1]), src.dtype)
+    for k in numba.prange(order.shape[0]):
+        for c in range(src.shape[1]):
+            dst[k, c] = src[order[k], c]
+    return dst
+
+
+@numba.njit(cache=True)
 def _strip_lists(box, TI, nstrips, ny):  # pragma: no cover - compiled
     """CSR (ptr [nstrips+1], gaussians) of the strips of TI rows each 2-D box touches (increasing g),
     and each strip's estimated work: the cells of its boxes' rows plus one pass over its own cells."""
@@ -394,67 +425,122 @@ def _row_span(prm, g, dx, y0, res, jmin, jmax):  # pragma: no cover - compiled
     return j0, j1
 
 
-@numba.njit(cache=True, inline="always")
-def _row_run(prm, box, g, i, x0, y0, res):  # pragma: no cover - compiled
-    """Gaussian g's run in row ``i`` (:func:`_row_span` over its box): ``(j0, j1, u, v, e, r)`` with
-    u, v its local coordinates and e its weight ``exp(-d2/2)`` at cell j0, r the next cell's weight
-    over e (1 for a one-cell run); ``j1 < j0`` when the row misses the cut-off."""
-    dx = x0 + (i + 0.5) * res - prm[g, 0]
-    j0, j1 = _row_span(prm, g, dx, y0, res, box[g, 2], box[g, 3])
-    if j1 < j0:
-        return j0, j1, 0.0, 0.0, 0.0, 1.0
-    c, s, isx, isy = prm[g, 2], prm[g, 3], prm[g, 4], prm[g, 5]
-    dy = y0 + (j0 + 0.5) * res - prm[g, 1]
-    u = (c * dx + s * dy) * isx
-    v = (c * dy - s * dx) * isy
-    e = _exp_in(-0.5 * (u * u + v * v))
-    r = 1.0
-    if j1 > j0:  # ratio of the next cell's weight to this one's (both inside the cut-off)
-        u1 = u + s * isx * res
-        v1 = v + c * isy * res
-        r = _exp_in(-0.5 * (u1 * u1 + v1 * v1)) / e
-    return j0, j1, u, v, e, r
+@numba.njit(cache=True)
+def _row_ptr(box):  # pragma: no cover - compiled
+    """``[G + 1]`` offsets of each Gaussian's rows (the rows of its box; none for an empty box)."""
+    G = box.shape[0]
+    rptr = np.zeros(G + 1, np.int64)
+    for g in range(G):
+        rows = box[g, 1] - box[g, 0] + 1
+        rptr[g + 1] = rptr[g] + (rows if rows > 0 and box[g, 3] >= box[g, 2] else 0)
+    return rptr
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def _runs2d(prm, box, lims, rptr):  # pragma: no cover - compiled
+    """Every Gaussian's run in every row of its box, solved once for both passes.
+
+    Returns ``(j0, j1, e, r)``, each ``[rptr[-1]]`` (record ``rptr[g] + i - box[g, 0]`` is row i of
+    Gaussian g): the run's cells ``j0..j1`` (``j1 < j0`` when the row misses the cut-off; see
+    :func:`_row_span`), its first weight ``e = exp(-d2/2)`` and the ratio ``r`` of the next cell's
+    weight to it (1 for a one-cell run). The rows of a Gaussian are contiguous, so the solve and the
+    two ``exp`` run as SIMD loops over them; only the few runs whose ends land within rounding of a
+    cell centre go through the exact scalar test.
+    """
+    R = rptr[-1]
+    G = box.shape[0]
+    x0, y0, res = lims[0], lims[1], lims[2]
+    ires = 1.0 / res
+    rj0 = np.empty(R, np.int64)
+    rj1 = np.empty(R, np.int64)
+    rea = np.empty(R)
+    rra = np.empty(R)
+    near = np.empty(R, np.bool_)
+    nchunks = min(G, 256)
+    for t in numba.prange(nchunks):
+        for g in range(t * G // nchunks, (t + 1) * G // nchunks):
+            base = rptr[g]
+            nr = rptr[g + 1] - base
+            if nr == 0:
+                continue
+            j0 = rj0[base:base + nr]  # views indexed from 0: numba can then prove the accesses contiguous
+            j1 = rj1[base:base + nr]
+            ev = rea[base:base + nr]
+            rv = rra[base:base + nr]
+            nv = near[base:base + nr]
+            mx, my, c, s, isx, isy = prm[g, 0], prm[g, 1], prm[g, 2], prm[g, 3], prm[g, 4], prm[g, 5]
+            A, iA, kB, kD = prm[g, 8], prm[g, 9], prm[g, 10], prm[g, 11]
+            lo = np.float64(box[g, 2])
+            hi = np.float64(box[g, 3])
+            dx0 = x0 + (box[g, 0] + 0.5) * res - mx
+            for k in range(nr):  # the run's ends from the quadratic (as in _row_span)
+                dx = dx0 + k * res
+                disc = dx * dx * kD + 9.0 * A
+                sq = math.sqrt(max(disc, 0.0)) * iA * ires
+                mid = (my - y0 - dx * kB * iA) * ires - 0.5
+                a0 = mid - sq
+                a1 = mid + sq
+                c0 = math.ceil(a0)
+                f1 = math.floor(a1)
+                j0[k] = np.int64(max(min(c0, hi + 1.0), lo))
+                j1[k] = np.int64(min(max(f1, lo - 1.0), hi))
+                fr0 = c0 - a0
+                fr1 = a1 - f1
+                nv[k] = ((fr0 < 1e-6) | (fr0 > 1.0 - 1e-6) | (fr1 < 1e-6) | (fr1 > 1.0 - 1e-6)
+                         | (a1 - a0 < 2.0) | (disc < -1e-9 * A))
+            for k in range(nr):  # ends within rounding of a centre, short runs, tangent rows: exact test
+                if nv[k]:
+                    j0[k], j1[k] = _row_span(prm, g, dx0 + k * res, y0, res, box[g, 2], box[g, 3])
+            for k in range(nr):  # weight at the first cell and the ratio to the next
+                dx = dx0 + k * res
+                dy = y0 + (j0[k] + 0.5) * res - my
+                u = (c * dx + s * dy) * isx
+                v = (c * dy - s * dx) * isy
+                u1 = u + s * isx * res
+                v1 = v + c * isy * res
+                e = _exp_in(max(-0.5 * (u * u + v * v), -8.0))     # (clamped: an empty row's values are unused)
+                e1 = _exp_in(max(-0.5 * (u1 * u1 + v1 * v1), -8.0))
+                ev[k] = e
+                rv[k] = e1 / e if j1[k] > j0[k] else 1.0
+    return rj0, rj1, rea, rra
 
 
 @numba.njit(cache=True, inline="always")
-def _accumulate_run(accf, k, ff, fb, C, n, w0, r, qf, alpha, wv):  # pragma: no cover - compiled
-    """``acc[k + j] += alpha e_j feats[g]`` for the run's ``n`` cells (``accf``/``ff`` flat, ``fb`` =
-    ``g * C``; e_0 = w0, e_{j+1} = e_j r_j, r_{j+1} = r_j qf). Unsigned indices: numba then emits no
-    negative-index test, and with the usual C = 64 a constant trip count: four full vectors per cell."""
-    U = np.uint64
-    ew = w0
-    if C == 64:
-        for j in range(U(n)):
+def _accumulate_run(accf, k, ff, g, C, n, w0, r, qf, alpha, wv):  # pragma: no cover - compiled
+    """``acc[k + j] += alpha e_j feats[g]`` for the run's ``n`` cells (``accf``/``ff`` flat ``[*, C]``;
+    e_0 = w0, e_{j+1} = e_j r_j, r_{j+1} = r_j qf): channels in blocks of 64 and 16 with the
+    Gaussian's features held in registers (:func:`~perception.ops._simd.axpy_run`), the rest (C mod 16)
+    one by one."""
+    c = 0
+    while c + 64 <= C:
+        axpy_run(accf, k * C + c, C, ff, g * C + c, n, w0, r, qf, alpha, 64)
+        c += 64
+    while c + 16 <= C:
+        axpy_run(accf, k * C + c, C, ff, g * C + c, n, w0, r, qf, alpha, 16)
+        c += 16
+    if c < C:
+        ew = w0
+        for j in range(n):
             wv[0] = alpha * ew  # the weight in the data's dtype
             w = wv[0]
-            b = (k + j) * U(64)
-            for ch in range(U(64)):
-                accf[b + ch] += w * ff[fb + ch]
-            ew *= r
-            r *= qf
-    else:
-        CU = U(C)
-        for j in range(U(n)):
-            wv[0] = alpha * ew
-            w = wv[0]
-            b = (k + j) * CU
-            for ch in range(CU):
-                accf[b + ch] += w * ff[fb + ch]
+            b = (k + j) * C
+            for ch in range(c, C):
+                accf[b + ch] += w * ff[g * C + ch]
             ew *= r
             r *= qf
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _splat2d_fwd(prm, feats, lims, box, ptr, lst, bptr, items, TI, out):  # pragma: no cover
+def _splat2d_fwd(prm, feats, box, ptr, lst, bptr, items, TI, runs, out):  # pragma: no cover
     """``out [C, nx, ny]``: strips of TI rows (all columns), each over the Gaussians that touch it.
 
-    Per Gaussian and row, the run of cells with d2 <= 9 is solved for (:func:`_row_span`); along the
-    run ``exp(-d2/2)`` follows from d2 being quadratic in the cell index: two multiplications per
-    cell (``e *= r; r *= q``, exact up to rounding) replace the ``exp``; the run's first two weights
-    come from :func:`_exp_in` (inline, no libm call). Whole rows per strip: no run is cut, so every
-    (Gaussian, row) is set up once. Measured here, the time goes about 2/3 to the C-wide
-    accumulate of the (Gaussian, cell) pairs (bound by reading and writing the accumulator) and
-    1/3 to the rows' setup; square tiles (L1-sized accumulators) were slower, as they cut runs.
+    ``runs`` (:func:`_runs2d`) gives each (Gaussian, row) its run of cells with d2 <= 9, the run's
+    first weight and the ratio to the next; along the run ``exp(-d2/2)`` follows from d2 being
+    quadratic in the cell index: two multiplications per cell (``e *= r; r *= q``, exact up to
+    rounding) replace the ``exp``. Whole rows per strip: no run is cut. The accumulate of the
+    (Gaussian, cell) pairs is :func:`_accumulate_run` (features in registers, four independent
+    weight recurrences). The inputs come in the order of their first row (:func:`_plan2d`), so a
+    strip reads its Gaussians' parameters, runs and features from nearby memory.
 
     Load balance: strips differ several-fold in work (clustered means), and numba's ``prange``
     splits its range statically (``parallel_chunksize`` does not make the OpenMP layer hand out
@@ -463,7 +549,7 @@ def _splat2d_fwd(prm, feats, lims, box, ptr, lst, bptr, items, TI, out):  # prag
     over the bins.
     """
     C, nx, ny = out.shape
-    x0, y0, res = lims[0], lims[1], lims[2]
+    rptr, rj0, rj1, re, rr = runs
     U = np.uint64
     ff = feats.reshape(feats.shape[0] * C)
     of = out.reshape(C * nx * ny)
@@ -479,12 +565,12 @@ def _splat2d_fwd(prm, feats, lims, box, ptr, lst, bptr, items, TI, out):  # prag
             for e in range(ptr[t], ptr[t + 1]):
                 g = lst[e]
                 alpha, qf = prm[g, 6], prm[g, 7]
-                fb = U(g) * U(C)
                 for i in range(max(box[g, 0], ilo), min(box[g, 1], ihi) + 1):
-                    j0, j1, _, _, ew, r = _row_run(prm, box, g, i, x0, y0, res)
+                    p = rptr[g] + i - box[g, 0]
+                    j0, j1 = rj0[p], rj1[p]
                     if j1 < j0:
                         continue
-                    _accumulate_run(accf, U((i - ilo) * ny + j0), ff, fb, C, j1 - j0 + 1, ew, r, qf, alpha, wv)
+                    _accumulate_run(accf, (i - ilo) * ny + j0, ff, g, C, j1 - j0 + 1, re[p], rr[p], qf, alpha, wv)
             for i in range(ilo, ihi + 1):  # [cell, C] -> out[C, i, :]
                 for j in range(ny):
                     ab = U((i - ilo) * ny + j) * U(C)
@@ -495,13 +581,14 @@ def _splat2d_fwd(prm, feats, lims, box, ptr, lst, bptr, items, TI, out):  # prag
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _splat2d_bwd(gout, prm, feats, lims, box, g_means, g_scales, g_rots, g_opac, g_feats):  # pragma: no cover
+def _splat2d_bwd(gout, prm, feats, lims, box, runs, g_means, g_scales, g_rots, g_opac, g_feats):  # pragma: no cover
     """``gout [nx, ny, C]`` (channel-last grad): one work item per Gaussian, which owns its grads.
 
     The same runs and weight recurrence as the forward; u and v step linearly along a run.
     """
     G, C = feats.shape
     x0, y0, res = lims[0], lims[1], lims[2]
+    rptr, rj0, rj1, re, rr = runs
     n_chunks = min(G, 256)
     for t in numba.prange(n_chunks):
         wv = np.zeros(2, g_feats.dtype)  # [weight, 0] in the data's dtype
@@ -516,9 +603,14 @@ def _splat2d_bwd(gout, prm, feats, lims, box, g_means, g_scales, g_rots, g_opac,
                 g_feats[g, ch] = 0
             gmx = gmy = gsx = gsy = grot = gop = 0.0
             for i in range(box[g, 0], box[g, 1] + 1):
-                j0, j1, u, v, e, r = _row_run(prm, box, g, i, x0, y0, res)
+                p = rptr[g] + i - box[g, 0]
+                j0, j1, e, r = rj0[p], rj1[p], re[p], rr[p]
                 if j1 < j0:
                     continue
+                dx = x0 + (i + 0.5) * res - prm[g, 0]
+                dy = y0 + (j0 + 0.5) * res - prm[g, 1]
+                u = (c * dx + s * dy) * isx
+                v = (c * dy - s * dx) * isy
                 for j in range(j0, j1 + 1):
                     wv[0] = alpha * e
                     w = wv[0]
@@ -712,6 +804,22 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def _plan2d(means, scales, rotations, opacities, x_min, y_min, resolution, nx, ny):
+    """What both 2-D CPU kernels need, for the Gaussians that reach the grid in the order of the row
+    their box starts in (so a strip's Gaussians, their parameters and their runs lie together in
+    memory: twice as fast as the input order, whose Gaussians are scattered over the grid):
+    ``order`` (indices into the inputs), their cell boxes, parameters (:func:`_params2d`) and runs
+    per row, ``(rptr, j0, j1, e, r)`` (:func:`_runs2d`)."""
+    lims = np.array([x_min, y_min, resolution], np.float64)
+    m, sc, rot, op = _np(means), _np(scales), _np(rotations), _np(opacities)
+    box = _boxes2d(m, sc, rot, lims, nx, ny)
+    order = _order_by_row(box, nx)
+    box = box[order]
+    prm = _params2d(m[order], sc[order], rot[order], op[order], resolution)
+    rptr = _row_ptr(box)
+    return order, box, prm, (rptr, *_runs2d(prm, box, lims, rptr))
+
+
 @torch.library.custom_op("perception::gaussian_splat_bev", mutates_args=())
 def _splat_bev_op(means: torch.Tensor, scales: torch.Tensor, rotations: torch.Tensor, opacities: torch.Tensor,
                   features: torch.Tensor, x_min: float, y_min: float, resolution: float, nx: int,
@@ -732,13 +840,11 @@ def _splat_bev_op(means: torch.Tensor, scales: torch.Tensor, rotations: torch.Te
         return out
     if G == 0:
         return out.zero_()
-    lims = np.array([x_min, y_min, resolution], np.float64)
-    box = _boxes2d(_np(means), _np(scales), _np(rotations), lims, nx, ny)
+    order, box, prm, runs = _plan2d(means, scales, rotations, opacities, x_min, y_min, resolution, nx, ny)
     nstrips = -(-nx // STRIP_2D)
     ptr, lst, work = _strip_lists(box, STRIP_2D, nstrips, ny)
     bptr, items = _balance(work, min(numba.get_num_threads(), nstrips))
-    prm = _params2d(_np(means), _np(scales), _np(rotations), _np(opacities), resolution)
-    _splat2d_fwd(prm, _np(features), lims, box, ptr, lst, bptr, items, STRIP_2D, out.numpy())
+    _splat2d_fwd(prm, _take_rows(_np(features), order), box, ptr, lst, bptr, items, STRIP_2D, runs, out.numpy())
     return out
 
 
@@ -760,11 +866,14 @@ def _splat_bev_backward_op(grad_out: torch.Tensor, means: torch.Tensor, scales: 
     G, C = features.shape
     if G == 0 or grad_out.numel() == 0:
         return tuple(grads)
-    lims = np.array([x_min, y_min, resolution], np.float64)
-    box = _boxes2d(_np(means), _np(scales), _np(rotations), lims, nx, ny)
+    order, box, prm, runs = _plan2d(means, scales, rotations, opacities, x_min, y_min, resolution, nx, ny)
     gout = grad_out.permute(1, 2, 0).contiguous()                   # [nx, ny, C]
-    prm = _params2d(_np(means), _np(scales), _np(rotations), _np(opacities), resolution)
-    _splat2d_bwd(gout.numpy(), prm, _np(features), lims, box, *(t.numpy() for t in grads))
+    sorted_grads = [torch.empty((order.shape[0],) + t.shape[1:], dtype=t.dtype) for t in grads]
+    _splat2d_bwd(gout.numpy(), prm, _take_rows(_np(features), order), np.array([x_min, y_min, resolution]), box,
+                 runs, *(t.numpy() for t in sorted_grads))
+    idx = torch.from_numpy(order)
+    for t, st in zip(grads, sorted_grads):
+        t[idx] = st
     return tuple(grads)
 
 

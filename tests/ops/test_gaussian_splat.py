@@ -73,7 +73,7 @@ def test_reference_matches_dense_definition():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("G,C,scale", [(40, 3, (0.2, 1.5)), (1, 1, (0.5, 0.5)), (200, 16, (0.05, 3.0)),
-                                       (60, 5, (0.01, 0.2))])
+                                       (60, 5, (0.01, 0.2)), (80, 83, (0.1, 2.0))])   # 83 = 64 + 16 + 3
 @pytest.mark.parametrize("grid", [GRID, BevGrid(-3.0, -3.0, 3.3, 2.7, 0.3)])
 def test_bev_forward_matches_reference(dtype, G, C, scale, grid):
     args = gaussians2d(G, C, seed=G, dtype=dtype, lo=scale[0], hi=scale[1])
