@@ -273,7 +273,8 @@ def _tile_lists(box, tile, ntiles):  # pragma: no cover - compiled
 
 @numba.njit(cache=True)
 def _order_by_row(box, nx):  # pragma: no cover - compiled
-    """The Gaussians with a non-empty box, by the row their box starts in (stable counting sort)."""
+    """The Gaussians with a non-empty box, by the row their box starts in (stable counting sort):
+    ``(order, start)``, ``start[i]`` = how many of them start before row i (``[nx + 1]``)."""
     G = box.shape[0]
     start = np.zeros(nx + 1, np.int64)
     for g in range(G):
@@ -281,12 +282,40 @@ def _order_by_row(box, nx):  # pragma: no cover - compiled
             start[box[g, 0] + 1] += 1
     for i in range(nx):
         start[i + 1] += start[i]
+    fill = start[:-1].copy()
     order = np.empty(start[nx], np.int64)
     for g in range(G):
         if box[g, 1] >= box[g, 0] and box[g, 3] >= box[g, 2]:
-            order[start[box[g, 0]]] = g
-            start[box[g, 0]] += 1
-    return order
+            order[fill[box[g, 0]]] = g
+            fill[box[g, 0]] += 1
+    return order, start
+
+
+@numba.njit(parallel=True, cache=True)
+def _strip_ranges(box, start, TI, ny):  # pragma: no cover - compiled
+    """For strips of TI rows over boxes sorted by first row (:func:`_order_by_row`): each strip's range
+    of candidate Gaussians ``[glo, ghi)`` (those starting at most one box height before it and not
+    after it; the kernel skips the ones that end before it) and its estimated work: the cells of
+    its boxes' rows plus one pass over its own cells."""
+    nx = start.shape[0] - 1
+    nstrips = -(-nx // TI)
+    hmax = 1
+    for g in range(box.shape[0]):
+        hmax = max(hmax, box[g, 1] - box[g, 0] + 1)
+    glo = np.empty(nstrips, np.int64)
+    ghi = np.empty(nstrips, np.int64)
+    work = np.empty(nstrips, np.int64)
+    for t in numba.prange(nstrips):
+        ilo = t * TI
+        ihi = min(ilo + TI, nx) - 1
+        glo[t] = start[max(ilo - hmax + 1, 0)]
+        ghi[t] = start[ihi + 1]
+        w = TI * ny
+        for g in range(glo[t], ghi[t]):
+            if box[g, 1] >= ilo:
+                w += (min(box[g, 1], ihi) - max(box[g, 0], ilo) + 1) * (box[g, 3] - box[g, 2] + 1)
+        work[t] = w
+    return glo, ghi, work
 
 
 @numba.njit(parallel=True, cache=True)
@@ -297,31 +326,6 @@ def _take_rows(src, order):  # pragma: no cover - compiled
         for c in range(src.shape[1]):
             dst[k, c] = src[order[k], c]
     return dst
-
-
-@numba.njit(cache=True)
-def _strip_lists(box, TI, nstrips, ny):  # pragma: no cover - compiled
-    """CSR (ptr [nstrips+1], gaussians) of the strips of TI rows each 2-D box touches (increasing g),
-    and each strip's estimated work: the cells of its boxes' rows plus one pass over its own cells."""
-    G = box.shape[0]
-    ptr = np.zeros(nstrips + 1, np.int64)
-    work = np.full(nstrips, TI * ny, np.int64)
-    for g in range(G):
-        if box[g, 1] >= box[g, 0] and box[g, 3] >= box[g, 2]:
-            width = box[g, 3] - box[g, 2] + 1
-            for t in range(box[g, 0] // TI, box[g, 1] // TI + 1):
-                ptr[t + 1] += 1
-                work[t] += (min(box[g, 1], t * TI + TI - 1) - max(box[g, 0], t * TI) + 1) * width
-    for t in range(nstrips):
-        ptr[t + 1] += ptr[t]
-    fill = ptr[:-1].copy()
-    lst = np.empty(ptr[nstrips], np.int64)
-    for g in range(G):
-        if box[g, 1] >= box[g, 0] and box[g, 3] >= box[g, 2]:
-            for t in range(box[g, 0] // TI, box[g, 1] // TI + 1):
-                lst[fill[t]] = g
-                fill[t] += 1
-    return ptr, lst, work
 
 
 @numba.njit(cache=True)
@@ -451,8 +455,8 @@ def _runs2d(prm, box, lims, rptr):  # pragma: no cover - compiled
     G = box.shape[0]
     x0, y0, res = lims[0], lims[1], lims[2]
     ires = 1.0 / res
-    rj0 = np.empty(R, np.int64)
-    rj1 = np.empty(R, np.int64)
+    rj0 = np.empty(R, np.int32)
+    rj1 = np.empty(R, np.int32)
     rea = np.empty(R)
     rra = np.empty(R)
     near = np.empty(R, np.bool_)
@@ -482,8 +486,8 @@ def _runs2d(prm, box, lims, rptr):  # pragma: no cover - compiled
                 a1 = mid + sq
                 c0 = math.ceil(a0)
                 f1 = math.floor(a1)
-                j0[k] = np.int64(max(min(c0, hi + 1.0), lo))
-                j1[k] = np.int64(min(max(f1, lo - 1.0), hi))
+                j0[k] = np.int32(max(min(c0, hi + 1.0), lo))
+                j1[k] = np.int32(min(max(f1, lo - 1.0), hi))
                 fr0 = c0 - a0
                 fr1 = a1 - f1
                 nv[k] = ((fr0 < 1e-6) | (fr0 > 1.0 - 1e-6) | (fr1 < 1e-6) | (fr1 > 1.0 - 1e-6)
@@ -531,7 +535,7 @@ def _accumulate_run(accf, k, ff, g, C, n, w0, r, qf, alpha, wv):  # pragma: no c
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _splat2d_fwd(prm, feats, box, ptr, lst, bptr, items, TI, runs, out):  # pragma: no cover
+def _splat2d_fwd(prm, feats, box, glo, ghi, bptr, items, TI, runs, out):  # pragma: no cover
     """``out [C, nx, ny]``: strips of TI rows (all columns), each over the Gaussians that touch it.
 
     ``runs`` (:func:`_runs2d`) gives each (Gaussian, row) its run of cells with d2 <= 9, the run's
@@ -545,7 +549,7 @@ def _splat2d_fwd(prm, feats, box, ptr, lst, bptr, items, TI, runs, out):  # prag
     Load balance: strips differ several-fold in work (clustered means), and numba's ``prange``
     splits its range statically (``parallel_chunksize`` does not make the OpenMP layer hand out
     iterations one at a time), so the strips are dealt into one bin per thread beforehand
-    (:func:`_balance` on :func:`_strip_lists`' estimate, ``bptr``/``items``) and ``prange`` runs
+    (:func:`_balance` on :func:`_strip_ranges`' estimate, ``bptr``/``items``) and ``prange`` runs
     over the bins.
     """
     C, nx, ny = out.shape
@@ -562,8 +566,9 @@ def _splat2d_fwd(prm, feats, box, ptr, lst, bptr, items, TI, runs, out):  # prag
             ilo = t * TI
             ihi = min(ilo + TI, nx) - 1
             accf[:] = 0
-            for e in range(ptr[t], ptr[t + 1]):
-                g = lst[e]
+            for g in range(glo[t], ghi[t]):
+                if box[g, 1] < ilo:
+                    continue
                 alpha, qf = prm[g, 6], prm[g, 7]
                 for i in range(max(box[g, 0], ilo), min(box[g, 1], ihi) + 1):
                     p = rptr[g] + i - box[g, 0]
@@ -788,7 +793,7 @@ def _tile_lists_torch(means, half, origin, cell, shape, tile):
 # ----------------------------------------------------------------------------------------------
 # Registered ops
 # ----------------------------------------------------------------------------------------------
-STRIP_2D = 4  # rows per CPU forward work item (all columns: a Gaussian's row runs are never cut)
+STRIP_2D = 8  # rows per CPU forward work item (all columns: a Gaussian's row runs are never cut)
 TILE_3D = 8
 CUDA_TILE_2D = 16         # 16 x 16 cells per CUDA block (one thread per cell)
 CUDA_TILE_3D = (8, 8, 4)  # voxels per CUDA block
@@ -808,16 +813,16 @@ def _plan2d(means, scales, rotations, opacities, x_min, y_min, resolution, nx, n
     """What both 2-D CPU kernels need, for the Gaussians that reach the grid in the order of the row
     their box starts in (so a strip's Gaussians, their parameters and their runs lie together in
     memory: twice as fast as the input order, whose Gaussians are scattered over the grid):
-    ``order`` (indices into the inputs), their cell boxes, parameters (:func:`_params2d`) and runs
+    ``order`` (indices into the inputs), ``start`` (:func:`_order_by_row`), their cell boxes, parameters (:func:`_params2d`) and runs
     per row, ``(rptr, j0, j1, e, r)`` (:func:`_runs2d`)."""
     lims = np.array([x_min, y_min, resolution], np.float64)
     m, sc, rot, op = _np(means), _np(scales), _np(rotations), _np(opacities)
     box = _boxes2d(m, sc, rot, lims, nx, ny)
-    order = _order_by_row(box, nx)
+    order, start = _order_by_row(box, nx)
     box = box[order]
     prm = _params2d(m[order], sc[order], rot[order], op[order], resolution)
     rptr = _row_ptr(box)
-    return order, box, prm, (rptr, *_runs2d(prm, box, lims, rptr))
+    return order, start, box, prm, (rptr, *_runs2d(prm, box, lims, rptr))
 
 
 @torch.library.custom_op("perception::gaussian_splat_bev", mutates_args=())
@@ -840,11 +845,10 @@ def _splat_bev_op(means: torch.Tensor, scales: torch.Tensor, rotations: torch.Te
         return out
     if G == 0:
         return out.zero_()
-    order, box, prm, runs = _plan2d(means, scales, rotations, opacities, x_min, y_min, resolution, nx, ny)
-    nstrips = -(-nx // STRIP_2D)
-    ptr, lst, work = _strip_lists(box, STRIP_2D, nstrips, ny)
-    bptr, items = _balance(work, min(numba.get_num_threads(), nstrips))
-    _splat2d_fwd(prm, _take_rows(_np(features), order), box, ptr, lst, bptr, items, STRIP_2D, runs, out.numpy())
+    order, start, box, prm, runs = _plan2d(means, scales, rotations, opacities, x_min, y_min, resolution, nx, ny)
+    glo, ghi, work = _strip_ranges(box, start, STRIP_2D, ny)
+    bptr, items = _balance(work, min(numba.get_num_threads(), len(work)))
+    _splat2d_fwd(prm, _take_rows(_np(features), order), box, glo, ghi, bptr, items, STRIP_2D, runs, out.numpy())
     return out
 
 
@@ -866,7 +870,7 @@ def _splat_bev_backward_op(grad_out: torch.Tensor, means: torch.Tensor, scales: 
     G, C = features.shape
     if G == 0 or grad_out.numel() == 0:
         return tuple(grads)
-    order, box, prm, runs = _plan2d(means, scales, rotations, opacities, x_min, y_min, resolution, nx, ny)
+    order, _, box, prm, runs = _plan2d(means, scales, rotations, opacities, x_min, y_min, resolution, nx, ny)
     gout = grad_out.permute(1, 2, 0).contiguous()                   # [nx, ny, C]
     sorted_grads = [torch.empty((order.shape[0],) + t.shape[1:], dtype=t.dtype) for t in grads]
     _splat2d_bwd(gout.numpy(), prm, _take_rows(_np(features), order), np.array([x_min, y_min, resolution]), box,
