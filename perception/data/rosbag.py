@@ -142,6 +142,7 @@ class ReplayStats:
     malformed: Counter = field(default_factory=Counter)  # topic → rejected messages
     malformed_examples: list = field(default_factory=list)  # the first few rejections, as text
     nan_points: Counter = field(default_factory=Counter)  # topic → points without finite x, y, z (removed)
+    invalid_depth: Counter = field(default_factory=Counter)  # depth topic → non-finite / negative pixels (set to 0)
     reordered: int = 0  # arrived older than a message seen before, put back in order
     late: Counter = field(default_factory=Counter)  # topic → older than a message already emitted (dropped)
     log_time_stamps: Counter = field(default_factory=Counter)  # topic → zero header stamp, log time used
@@ -1105,7 +1106,8 @@ class RosbagReader(Reader):
                     elif ty in (IMAGE, COMPRESSED_IMAGE):
                         t = stamp(topic, msg.header, raw)
                         if sensor.kind == "depth":
-                            depth, _ = decode_depth(msg, topic, sensor.name)
+                            depth, bad = decode_depth(msg, topic, sensor.name)
+                            st.invalid_depth[topic] += bad
                             item = (topic, DepthMap(depth.depth, sensor.name, t / 1e9))
                         else:
                             img = decode_image(msg, topic) if ty == IMAGE else decode_compressed_image(msg, topic)

@@ -392,3 +392,120 @@ def test_replay_benchmark_rows(monkeypatch):
         assert r["speedup"] == round(r["peer_median_ms"] / r["median_ms"], 3) or abs(
             r["speedup"] - r["peer_median_ms"] / r["median_ms"]) < 2e-3
         assert r["realtime_factor"] > 0 and r["mb_per_s"] > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# ego poses (/tf or Odometry), Imu, depth images: through the reader end to end
+# ------------------------------------------------------------------------------------------------
+
+
+def _pose(i: int, dx: float = 0.0) -> SE3:
+    """A drive along a gentle left curve (frame i at 10 Hz), shifted by ``dx`` m in x."""
+    yaw = 0.02 * i
+    c, s = np.cos(yaw), np.sin(yaw)
+    return SE3.from_rt(np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]), [1.5 * i + dx, 0.1 * i * i, 0.02 * i])
+
+
+def _write_motion(path, fmt: str, n: int, odometry: bool):
+    """A recording with /tf_static, /lidar/points, /tf (world → base_link: :func:`_pose`), and when ``odometry``
+    also /odom (Odometry: :func:`_pose` shifted 5 m in x, twist (i, 0, 0) m/s), /imu and /cam/depth (32FC1 with a
+    NaN and a negative pixel); returns the depth images written."""
+    from rosbags.rosbag1 import Writer as Writer1
+    from rosbags.rosbag2 import StoragePlugin, Writer as Writer2
+    from scipy.spatial.transform import Rotation
+
+    m = _Messages(ros1=fmt == "ros1")
+    T = m.T
+    writer = Writer1(path) if fmt == "ros1" else Writer2(path, version=9, storage_plugin=StoragePlugin.MCAP)
+    conns, depths = {}, []
+    rng = np.random.default_rng(3)
+
+    def put(topic, msgtype, ns, msg):
+        if topic not in conns:
+            conns[topic] = writer.add_connection(topic, msgtype, typestore=m.store)
+        writer.write(conns[topic], ns, m.serialize(msg, msgtype))
+
+    def vec(x, y, z):
+        return T["geometry_msgs/msg/Vector3"](x=float(x), y=float(y), z=float(z))
+
+    def quat(r):
+        x, y, z, w = Rotation.from_matrix(r).as_quat()
+        return T["geometry_msgs/msg/Quaternion"](x=float(x), y=float(y), z=float(z), w=float(w))
+
+    with writer:
+        for i in range(n):
+            ns = 1_000_000_000 * 100 + 100_000_000 * i
+            if i == 0:
+                put("/tf_static", "tf2_msgs/msg/TFMessage", ns, m.tf([
+                    m.transform(ns, "base_link", "lidar", SE3.from_rt(np.eye(3), [1.0, 0.0, 1.8])),
+                    m.transform(ns, "base_link", "cam", SE3.from_rt(np.eye(3), [1.5, 0.0, 1.5]))]))
+            put("/tf", "tf2_msgs/msg/TFMessage", ns, m.tf([m.transform(ns, "world", "base_link", _pose(i))]))
+            if odometry:
+                p = _pose(i, dx=5.0)
+                cov = np.zeros(36)
+                odo = T["nav_msgs/msg/Odometry"](
+                    header=m.header(ns, "world"), child_frame_id="base_link",
+                    pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=T["geometry_msgs/msg/Pose"](
+                        position=T["geometry_msgs/msg/Point"](*map(float, p.translation)), orientation=quat(p.rotation)),
+                        covariance=cov),
+                    twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=T["geometry_msgs/msg/Twist"](
+                        linear=vec(i, 0, 0), angular=vec(0, 0, 0.2)), covariance=cov))
+                put("/odom", "nav_msgs/msg/Odometry", ns, odo)
+                imu = T["sensor_msgs/msg/Imu"](header=m.header(ns, "base_link"), orientation=quat(np.eye(3)),
+                                               orientation_covariance=np.zeros(9), angular_velocity=vec(0, 0, 0.2),
+                                               angular_velocity_covariance=np.zeros(9),
+                                               linear_acceleration=vec(0.5 * i, 0, 9.81),
+                                               linear_acceleration_covariance=np.zeros(9))
+                put("/imu", "sensor_msgs/msg/Imu", ns - 1_000_000, imu)
+                d = rng.uniform(1, 40, (6, 8)).astype(np.float32)
+                d[0, 0], d[1, 1] = np.nan, -1.0
+                depths.append(d)
+                put("/cam/depth", "sensor_msgs/msg/Image", ns, T["sensor_msgs/msg/Image"](
+                    header=m.header(ns, "cam"), height=6, width=8, encoding="32FC1", is_bigendian=0, step=32,
+                    data=d.view(np.uint8).reshape(-1)))
+            pts = rng.normal(size=(200, 4)).astype(np.float32) * 10
+            put("/lidar/points", "sensor_msgs/msg/PointCloud2", ns,
+                m.pointcloud2(ns, "lidar", pts, ("x", "y", "z", "intensity")))
+    return depths
+
+
+@pytest.mark.parametrize("fmt, name", [("ros1", "m.bag"), ("ros2-mcap", "m2")])
+def test_ego_poses_from_tf_and_odometry_imu_and_depth(tmp_path, fmt, name):
+    n = 6
+    # /tf only: the ego pose of every frame is world → base_link at the sweep's stamp
+    _write_motion(tmp_path / name, fmt, n, odometry=False)
+    reader = RosbagReader(tmp_path / name)
+    assert not reader.has_odometry
+    frames = [s.frame for s in reader]
+    assert len(frames) == n
+    for i, f in enumerate(frames):
+        assert f.ego_pose is not None and f.ego_pose.timestamp == pytest.approx(f.timestamp)
+        np.testing.assert_allclose(f.ego_pose.world_from_ego.matrix, _pose(i).matrix, atol=1e-9)
+
+    # with Odometry: "auto" takes the poses from it (5 m ahead of /tf); "tf" keeps /tf
+    path = tmp_path / f"odo_{name}"
+    depths = _write_motion(path, fmt, n, odometry=True)
+    for source, dx in (("auto", 5.0), ("odometry", 5.0), ("tf", 0.0)):
+        side = []
+        reader = RosbagReader(path, {"pose_source": source})
+        frames = [s.frame for s in reader]
+        assert len(frames) == n and reader.has_odometry
+        for i, f in enumerate(frames):
+            np.testing.assert_allclose(f.ego_pose.world_from_ego.matrix, _pose(i, dx).matrix, atol=1e-9)
+    # Imu and Odometry ride on the next reference sweep (Frame.meta) and go to the side channel with the depth maps
+    reader = RosbagReader(path)                                         # (a reader's stats add up over its streams)
+    msgs = list(reader.messages(side=lambda topic, obj: side.append((topic, obj))))
+    sweeps = [m for m in msgs if m.sensor == "lidar"]
+    assert len(sweeps) == n
+    for i, s in enumerate(sweeps):
+        assert s.meta["imu"].linear_acceleration[0] == pytest.approx(0.5 * i)
+        assert s.meta["odometry"].linear_velocity[0] == pytest.approx(i)
+        np.testing.assert_allclose(s.meta["odometry"].pose.world_from_ego.matrix, _pose(i, 5.0).matrix, atol=1e-9)
+    got = [obj for topic, obj in side if topic == "/cam/depth"]
+    assert len(got) == n and {topic for topic, _ in side} == {"/cam/depth", "/imu", "/odom"}
+    for d_in, dmap in zip(depths, got):
+        want = np.where(np.isfinite(d_in) & (d_in >= 0), d_in, 0.0)
+        np.testing.assert_array_equal(dmap.depth, want)
+        assert dmap.camera == "cam"
+    assert reader.stats.invalid_depth["/cam/depth"] == 2 * n          # the NaN and the negative pixel, counted
+    assert reader.stats.decoded["/imu"] == n and reader.stats.decoded["/odom"] == n
