@@ -17,9 +17,10 @@ from perception.structures import Calibration
 LIDAR = "LIDAR_TOP"
 
 
-def drifted(calib: Calibration, camera: str, pitch_deg: float) -> Calibration:
-    """``calib`` with ``camera`` tilted by ``pitch_deg`` about its x axis (the LiDAR rotated about its origin)."""
-    mis = Miscalibration(Rotation.from_euler("x", pitch_deg, degrees=True).as_matrix(), np.zeros(3))
+def drifted(calib: Calibration, camera: str, pitch_deg: float, axis: str = "x") -> Calibration:
+    """``calib`` with ``camera`` turned by ``pitch_deg`` about its ``axis`` (x: tilt, y: yaw; the LiDAR rotated about
+    its origin)."""
+    mis = Miscalibration(Rotation.from_euler(axis, pitch_deg, degrees=True).as_matrix(), np.zeros(3))
     cam_from_lidar = mis.apply(calib.transform(camera, LIDAR).matrix)
     ego = dict(calib.ego_from_sensor)
     ego[camera] = calib.ego_from_sensor[LIDAR] @ SE3(cam_from_lidar).inverse()
@@ -36,15 +37,16 @@ def calibrator():
     return Calibrator(*RELEASED)
 
 
-def test_health_check_flags_a_tilted_camera_and_not_the_others(seq, calibrator):
-    bad = drifted(seq.calib, "CAM_F0", 6.0)
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_health_check_flags_a_tilted_or_turned_camera_and_not_the_others(seq, calibrator, axis):
+    bad = drifted(seq.calib, "CAM_F0", 6.0, axis)
     check = ExtrinsicHealthCheck(calibrator, min_checks=3)
     for s in seq:
         check(replace(s.frame, calib=bad))
     rep = check.summary()
     assert rep["drifted"] == ["CAM_F0"], rep
     assert rep["cameras"]["CAM_F0"]["checks"] == 3
-    assert 4.0 < rep["cameras"]["CAM_F0"]["median_rot_deg"] < 8.0  # the model finds the tilt it must undo
+    assert 4.0 < rep["cameras"]["CAM_F0"]["median_rot_deg"] < 8.0  # the model finds the turn it must undo
     for cam in ("CAM_L0", "CAM_R0"):
         assert rep["cameras"][cam]["median_rot_deg"] < check.rot_threshold_deg
 

@@ -34,7 +34,7 @@ from perception.structures import Frame
 
 ROOT = Path(__file__).resolve().parents[3]
 # the released model, trained on the synthetic world (README: "CalibFormer")
-RELEASED = (ROOT / "configs/calibformer/calibformer_sim_cpu.py", ROOT / "checkpoints/calibformer_sim_cpu.safetensors")
+RELEASED = (ROOT / "configs/calibformer/calibformer_flow_sim_cpu.py", ROOT / "checkpoints/calibformer_flow_sim_cpu.safetensors")
 TRAINED_FOCAL_PX = 114.0  # the synthetic pinholes' focal length at the 160x96 training size
 
 

@@ -25,11 +25,19 @@ Camera Self-Calibration using Cost Volume Network", CVPRW 2021, github.com/IIPCV
    (``[w, x, y, z]``, starting at the identity) and a translation (in units of ``t_scale`` m).
 5. **Iterative refinement** (inference): apply the correction, re-project the sweep, run again
    (``iterations``).
+6. **Displacement head and PnP** (``flow=True``; our addition, in the spirit of flow-based calibrators
+   such as DXQ-Net): from the same correlations (fine, and coarse upsampled) and features, per 1/4
+   cell the image displacement of the LiDAR content of the cell and the scale of a Laplace error on it,
+   supervised at every cell the sweep hits (a dense signal, where the pose loss gives six numbers per
+   pair). At inference each iteration starts from the decoder's correction and solves, by weighted
+   Gauss-Newton over the sweep's points, for the rotation (``pnp="rotation"``) or the rotation and
+   translation (``"full"``) that put the points where the displacements say.
 
 The correction's parametrisation (rotation of the LiDAR about its origin in camera axes, shift of the
 origin) is in :mod:`.geometry`. **Losses**: quaternion angular distance (geodesic angle of
 ``q_pred^-1 q_true``), translation (L1 per axis), and a point-cloud reprojection loss (mean 3-D
-distance between the sweep placed by the predicted and by the true correction).
+distance between the sweep placed by the predicted and by the true correction), and with ``flow`` the
+displacement's Laplace negative log-likelihood.
 
 Shapes for a batch of ``B`` pairs at ``H x W``: see :meth:`CalibFormer.regress`.
 """
@@ -139,17 +147,28 @@ class CalibFormer(BaseModel):
     def __init__(self, widths: Sequence[int] = (16, 32, 48, 64), feat_dim: int = 48, dim: int = 64, heads: int = 4,
                  corr_heads: int = 4, window: int = 4, enc_layers: int = 2, dec_layers: int = 2, t_scale: float = 0.1,
                  iterations: int = 3, max_depth: float = 80.0, ref_depth: float = 2.0, w_rot: float = 30.0,
-                 w_trans: float = 20.0, w_pc: float = 2.0, pc_points: int = 1024) -> None:
+                 w_trans: float = 20.0, w_pc: float = 2.0, pc_points: int = 1024, flow: bool = False,
+                 w_flow: float = 0.5, flow_scale: float = 8.0, pnp: str = "rotation", pnp_points: int = 2000) -> None:
         super().__init__(data_preprocessor=CalibPreprocessor())
+        if pnp not in ("rotation", "full", "none"):
+            raise ValueError(f"CalibFormer.pnp: 'rotation', 'full' or 'none', got {pnp!r}")
         self.window, self.corr_heads, self.t_scale = window, corr_heads, t_scale
         self.iterations, self.max_depth, self.ref_depth = iterations, max_depth, ref_depth
         self.w_rot, self.w_trans, self.w_pc, self.pc_points = w_rot, w_trans, w_pc, pc_points
+        self.w_flow, self.flow_scale, self.pnp, self.pnp_points = w_flow, flow_scale, pnp, pnp_points
         self.image_net = FeatureExtractor(3, widths, feat_dim)
         self.depth_net = FeatureExtractor(2, widths, feat_dim)
         k = (2 * window + 1) ** 2
         self.fuse = nn.Sequential(nn.Conv2d(corr_heads * k + 2 * feat_dim, dim, 1), nn.ReLU(inplace=True),
                                   _conv(dim, dim, 2), _conv(dim, dim))  # 1/4 → 1/8 tokens
         self.coarse = nn.Conv2d(corr_heads * k, dim, 1)  # the 1/16 correlation, added to the 1/8 tokens
+        # optional (our addition): per 1/4 cell, where the LiDAR content of the cell is in the image (px) and the
+        # scale b of a Laplace error on it (log b); supervised at the cells the sweep hits, read by the PnP step
+        self.flow_head = nn.Sequential(nn.Conv2d(2 * corr_heads * k + 2 * feat_dim, dim, 1), nn.ReLU(inplace=True),
+                                       _conv(dim, dim), nn.Conv2d(dim, 3, 3, 1, 1)) if flow else None
+        if flow:
+            nn.init.zeros_(self.flow_head[-1].weight)
+            nn.init.zeros_(self.flow_head[-1].bias)
         self.ray_embed = nn.Sequential(nn.Linear(3, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
         self.encoder = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True),
@@ -190,6 +209,11 @@ class CalibFormer(BaseModel):
     # --- network --------------------------------------------------------------------------------
     def regress(self, image: torch.Tensor, depth: torch.Tensor, cameras: Sequence[CameraModel]) -> tuple[torch.Tensor, torch.Tensor]:
         """``image [B, 3, H, W]``, ``depth [B, 2, H, W]`` → correction ``q [B, 4]`` (unit, ``w >= 0``), ``t [B, 3]`` m."""
+        return self.heads(image, depth, cameras)[:2]
+
+    def heads(self, image: torch.Tensor, depth: torch.Tensor, cameras: Sequence[CameraModel]):
+        """:meth:`regress` and, with ``flow``, the displacement field ``[B, 2, H/4, W/4]`` (px at the input size) and
+        its Laplace log-scale ``[B, 1, H/4, W/4]`` (None without)."""
         fi, ci = self.image_net(image)  # [B, C, H/4, W/4], [B, C, H/16, W/16]
         fd, cd = self.depth_net(depth)
         corr = local_correlation(fi, fd, self.corr_heads, self.window)  # [B, heads (2w+1)^2, H/4, W/4]
@@ -202,7 +226,87 @@ class CalibFormer(BaseModel):
         q_out = self.decoder(self.queries.expand(B, -1, -1), tokens)  # [B, 2, D]
         identity = torch.tensor([1.0, 0.0, 0.0, 0.0], device=x.device)
         q = quat_normalize(identity + self.rot_head(q_out[:, 0]))
-        return q, self.trans_head(q_out[:, 1]) * self.t_scale
+        t = self.trans_head(q_out[:, 1]) * self.t_scale
+        if self.flow_head is None:
+            return q, t, None, None
+        up = F.interpolate(coarse, size=corr.shape[-2:], mode="bilinear", align_corners=False)
+        fl = self.flow_head(torch.cat([corr, up, fi, fd], 1))  # [B, 3, H/4, W/4]
+        return q, t, fl[:, :2] * self.flow_scale, fl[:, 2:3]
+
+    def _projections(self, points: torch.Tensor, camera: CameraModel, cam_from_lidar: torch.Tensor):
+        """``points [N, 3]`` through ``cam_from_lidar`` → ``uv [N, 2]`` and the mask of those the depth image shows."""
+        x = points.double() @ cam_from_lidar[:3, :3].T + cam_from_lidar[:3, 3]
+        uv, ok = camera.project(x)
+        ok = ok & (x[:, 2] > 0.5) & (x[:, 2] < self.max_depth) & (uv[:, 0] > -0.5) & (uv[:, 1] > -0.5) \
+            & (uv[:, 0] < camera.width - 0.5) & (uv[:, 1] < camera.height - 0.5)
+        return uv, ok
+
+    def flow_targets(self, batch: CalibBatch, gt: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each 1/4 cell's LiDAR points are in the image: the mean of ``uv_true - uv_current`` over the points
+        the current extrinsic puts in the cell → ``[B, 2, h, w]`` px, and the cells with points ``[B, 1, h, w]``."""
+        out = torch.zeros(len(batch.points), 2, h * w, dtype=torch.float64, device=gt.device)
+        cnt = torch.zeros(len(batch.points), 1, h * w, dtype=torch.float64, device=gt.device)
+        for b, (pts, cam, init, g) in enumerate(zip(batch.points, batch.cameras, batch.init, gt)):
+            uv0, ok0 = self._projections(pts, cam, init)
+            uv1, ok1 = self._projections(pts, cam, g)
+            ok = ok0 & ok1
+            cell = (uv0[ok, 1].add(0.5).mul(h / cam.height).long().clamp(0, h - 1) * w
+                    + uv0[ok, 0].add(0.5).mul(w / cam.width).long().clamp(0, w - 1))
+            out[b].index_add_(1, cell, (uv1[ok] - uv0[ok]).T)
+            cnt[b, 0].index_add_(0, cell, torch.ones_like(cell, dtype=torch.float64))
+        hit = cnt > 0
+        return (out / cnt.clamp_min(1)).float().reshape(-1, 2, h, w), hit.reshape(-1, 1, h, w)
+
+    def pnp_refine(self, batch: CalibBatch, start: torch.Tensor, q: torch.Tensor, t: torch.Tensor, flow: torch.Tensor,
+                   logb: torch.Tensor, iterations: int = 8) -> torch.Tensor:
+        """The correction of ``start [B, 4, 4]`` that puts the sweep's points where the flow says they are.
+
+        Each point the depth image shows (up to ``pnp_points``) should land at ``uv_start + flow(cell)``; weighted
+        (``1 / b``, Huber at 1 px) Gauss-Newton from the decoder's correction ``(q, t)`` over the rotation
+        (``pnp="rotation"``: the decoder's translation kept) or rotation and translation (``"full"``).
+        → corrected extrinsics ``[B, 4, 4]`` float64.
+        """
+        out = []
+        h, w = flow.shape[-2:]
+        for b, (pts, cam, s0) in enumerate(zip(batch.points, batch.cameras, start)):
+            sel = pts[torch.linspace(0, len(pts) - 1, min(self.pnp_points, len(pts)), device=pts.device).long()].double()
+            uv0, ok = self._projections(sel, cam, s0)
+            sel, uv0 = sel[ok], uv0[ok]
+            cell = (uv0[:, 1].add(0.5).mul(h / cam.height).long().clamp(0, h - 1) * w
+                    + uv0[:, 0].add(0.5).mul(w / cam.width).long().clamp(0, w - 1))
+            target = uv0 + flow[b].reshape(2, -1)[:, cell].T.double()
+            wt = torch.exp(-logb[b].reshape(-1)[cell].double())
+            R0, t0 = s0[:3, :3], s0[:3, 3]
+            X = sel @ R0.T  # rotated about the LiDAR origin, not yet placed
+            rot = torch.from_numpy(_rotvec(quat_to_matrix(q[b:b + 1].double())[0].cpu().numpy())).to(X)
+            theta = torch.cat([rot, t[b].double()])  # [6]
+            free = 3 if self.pnp == "rotation" else 6
+            if len(sel) < 6:
+                out.append(self.correct(s0[None], q[b:b + 1].double(), t[b:b + 1].double())[0])
+                continue
+
+            def residual(th):
+                uv, _ = cam.project(X @ _rotmat(th[:3]).T + t0 + th[3:])
+                return uv - target  # [N, 2]
+
+            for _ in range(iterations):
+                r = residual(theta)
+                norm = r.norm(dim=1)
+                huber = torch.where(norm > 1.0, 1.0 / norm.clamp_min(1e-9), torch.ones_like(norm))
+                sw = (wt * huber).sqrt()[:, None]
+                J = torch.stack([(residual(theta + d) - r) / 1e-6 for d in torch.eye(6, dtype=theta.dtype)[:free] * 1e-6],
+                                -1)  # [N, 2, free]
+                Jw, rw = (J * sw[..., None]).reshape(-1, free), (r * sw).reshape(-1)
+                step = torch.linalg.solve(Jw.T @ Jw + 1e-6 * torch.eye(free, dtype=Jw.dtype), -Jw.T @ rw)
+                theta = theta.clone()
+                theta[:free] += step
+                if step.norm() < 1e-7:
+                    break
+            est = s0.clone()
+            est[:3, :3] = _rotmat(theta[:3]) @ R0
+            est[:3, 3] = t0 + theta[3:]
+            out.append(est)
+        return torch.stack(out)
 
     @staticmethod
     def correct(cam_from_lidar: torch.Tensor, q: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -216,8 +320,11 @@ class CalibFormer(BaseModel):
         """Iterative refinement: ``[K+1, B, 4, 4]`` estimates from ``batch.init`` (index 0) over ``K`` iterations."""
         steps = [batch.init]
         for _ in range(self.iterations if iterations is None else iterations):
-            q, t = self.regress(batch.image, self.depth(batch, steps[-1]), batch.cameras)
-            steps.append(self.correct(steps[-1], q.double(), t.double()))
+            q, t, flow, logb = self.heads(batch.image, self.depth(batch, steps[-1]), batch.cameras)
+            if flow is None or self.pnp == "none":
+                steps.append(self.correct(steps[-1], q.double(), t.double()))
+            else:
+                steps.append(self.pnp_refine(batch, steps[-1], q, t, flow, logb))
         return torch.stack(steps)
 
     # --- mmengine interface ---------------------------------------------------------------------
@@ -241,17 +348,41 @@ class CalibFormer(BaseModel):
 
     def loss(self, batch: CalibBatch, truth: list[CalibTarget]) -> dict[str, torch.Tensor]:
         q_gt, t_gt, gt = self.targets(batch, truth)
-        q, t = self.regress(batch.image, self.depth(batch, batch.init), batch.cameras)
+        q, t, flow, logb = self.heads(batch.image, self.depth(batch, batch.init), batch.cameras)
         est = self.correct(batch.init.float(), q, t)  # [B, 4, 4]
         pc = []
         for pts, e, g in zip(batch.points, est, gt.float()):
             p = pts[torch.linspace(0, len(pts) - 1, min(self.pc_points, len(pts)), device=pts.device).long()]
             pc.append(((p @ e[:3, :3].T + e[:3, 3]) - (p @ g[:3, :3].T + g[:3, 3])).norm(dim=1).mean())
-        return {"loss_rot": self.w_rot * quat_angle(q, q_gt).mean(),
-                "loss_trans": self.w_trans * (t - t_gt).abs().sum(1).mean(),
-                "loss_pc": self.w_pc * torch.stack(pc).mean()}
+        losses = {"loss_rot": self.w_rot * quat_angle(q, q_gt).mean(),
+                  "loss_trans": self.w_trans * (t - t_gt).abs().sum(1).mean(),
+                  "loss_pc": self.w_pc * torch.stack(pc).mean()}
+        if flow is not None:  # Laplace negative log-likelihood of the displacement, at the cells with points
+            target, hit = self.flow_targets(batch, gt, *flow.shape[-2:])
+            nll = (flow - target).abs().sum(1, keepdim=True) * torch.exp(-logb) + 2 * logb
+            losses["loss_flow"] = self.w_flow * (nll * hit).sum() / hit.sum().clamp_min(1)
+        return losses
 
     @torch.no_grad()
     def predict(self, batch: CalibBatch, iterations: int | None = None) -> list[CalibPrediction]:
         steps = self.refine(batch, iterations).cpu().numpy()  # [K+1, B, 4, 4]
         return [CalibPrediction(tok, steps[-1, b], steps[0, b], steps[:, b]) for b, tok in enumerate(batch.tokens)]
+
+
+def _rotmat(v: torch.Tensor) -> torch.Tensor:
+    """Rotation vector ``[3]`` → ``[3, 3]`` (Rodrigues; differentiable, exact at 0)."""
+    th2 = (v * v).sum()
+    K = torch.zeros(3, 3, dtype=v.dtype, device=v.device)
+    K[0, 1], K[0, 2], K[1, 0], K[1, 2], K[2, 0], K[2, 1] = -v[2], v[1], v[2], -v[0], -v[1], v[0]
+    small = th2 < 1e-12
+    th = th2.clamp_min(1e-24).sqrt()
+    a = torch.where(small, 1 - th2 / 6, torch.sin(th) / th)
+    b = torch.where(small, 0.5 - th2 / 24, (1 - torch.cos(th)) / th2.clamp_min(1e-24))
+    return torch.eye(3, dtype=v.dtype, device=v.device) + a * K + b * (K @ K)
+
+
+def _rotvec(r: np.ndarray) -> np.ndarray:
+    """``[3, 3]`` rotation → rotation vector ``[3]``."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_matrix(r).as_rotvec()
