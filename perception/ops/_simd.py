@@ -76,9 +76,11 @@ def axpy_run(typingctx, acc, abase, astride, feats, fbase, n, w0, r, q, alpha, w
         # CHAINS independent multiplications (one vector) instead of one serial chain through the run.
         U = CHAINS
         vd = ir.VectorType(f64, U)
-        ws, rs = [w0_v], [r_v]
-        for t in range(2 * U - 1):
-            ws.append(builder.fmul(ws[-1], rs[-1], flags=fast))
+        ws, rs = [w0_v], [r_v]  # w_0..w_{U-1}, r_0..r_{2U-2}
+        for _ in range(U - 1):
+            ws.append(builder.fmul(ws[-1], rs[len(ws) - 1], flags=fast))
+            rs.append(builder.fmul(rs[-1], q_v, flags=fast))
+        for _ in range(U - 1):
             rs.append(builder.fmul(rs[-1], q_v, flags=fast))
         m = []
         for u in range(U):
@@ -99,7 +101,7 @@ def axpy_run(typingctx, acc, abase, astride, feats, fbase, n, w0, r, q, alpha, w
                 v = builder.insert_element(v, x, i32(u))
             return v
 
-        w_slot = cgutils.alloca_once_value(builder, pack(ws[:U]))
+        w_slot = cgutils.alloca_once_value(builder, pack(ws))
         m_slot = cgutils.alloca_once_value(builder, pack(m))
         r_slot = cgutils.alloca_once_value(builder, r_v)      # r at the block's first cell (for the tail)
         qv = pack([qUU] * U)

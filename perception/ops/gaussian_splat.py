@@ -431,12 +431,10 @@ def _row_span(prm, g, dx, y0, res, jmin, jmax):  # pragma: no cover - compiled
 
 @numba.njit(cache=True)
 def _row_ptr(box):  # pragma: no cover - compiled
-    """``[G + 1]`` offsets of each Gaussian's rows (the rows of its box; none for an empty box)."""
-    G = box.shape[0]
-    rptr = np.zeros(G + 1, np.int64)
-    for g in range(G):
-        rows = box[g, 1] - box[g, 0] + 1
-        rptr[g + 1] = rptr[g] + (rows if rows > 0 and box[g, 3] >= box[g, 2] else 0)
+    """``[G + 1]`` offsets of each Gaussian's rows, the rows of its (non-empty: :func:`_order_by_row`) box."""
+    rptr = np.zeros(box.shape[0] + 1, np.int64)
+    for g in range(box.shape[0]):
+        rptr[g + 1] = rptr[g] + box[g, 1] - box[g, 0] + 1
     return rptr
 
 
@@ -813,8 +811,8 @@ def _plan2d(means, scales, rotations, opacities, x_min, y_min, resolution, nx, n
     """What both 2-D CPU kernels need, for the Gaussians that reach the grid in the order of the row
     their box starts in (so a strip's Gaussians, their parameters and their runs lie together in
     memory: twice as fast as the input order, whose Gaussians are scattered over the grid):
-    ``order`` (indices into the inputs), ``start`` (:func:`_order_by_row`), their cell boxes, parameters (:func:`_params2d`) and runs
-    per row, ``(rptr, j0, j1, e, r)`` (:func:`_runs2d`)."""
+    ``order`` (indices into the inputs), ``start`` (:func:`_order_by_row`), their cell boxes,
+    parameters (:func:`_params2d`) and runs per row, ``(rptr, j0, j1, e, r)`` (:func:`_runs2d`)."""
     lims = np.array([x_min, y_min, resolution], np.float64)
     m, sc, rot, op = _np(means), _np(scales), _np(rotations), _np(opacities)
     box = _boxes2d(m, sc, rot, lims, nx, ny)

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseDataPreprocessor, BaseModel
+from scipy.spatial.transform import Rotation
 from torch import nn
 
 from perception.geometry.camera_base import CameraModel
@@ -148,7 +149,7 @@ class CalibFormer(BaseModel):
                  corr_heads: int = 4, window: int = 4, enc_layers: int = 2, dec_layers: int = 2, t_scale: float = 0.1,
                  iterations: int = 3, max_depth: float = 80.0, ref_depth: float = 2.0, w_rot: float = 30.0,
                  w_trans: float = 20.0, w_pc: float = 2.0, pc_points: int = 1024, flow: bool = False,
-                 w_flow: float = 0.5, flow_scale: float = 8.0, pnp: str = "rotation", pnp_points: int = 2000) -> None:
+                 w_flow: float = 0.5, flow_scale: float = 8.0, pnp: str = "none", pnp_points: int = 2000) -> None:
         super().__init__(data_preprocessor=CalibPreprocessor())
         if pnp not in ("rotation", "full", "none"):
             raise ValueError(f"CalibFormer.pnp: 'rotation', 'full' or 'none', got {pnp!r}")
@@ -237,9 +238,13 @@ class CalibFormer(BaseModel):
         """``points [N, 3]`` through ``cam_from_lidar`` → ``uv [N, 2]`` and the mask of those the depth image shows."""
         x = points.double() @ cam_from_lidar[:3, :3].T + cam_from_lidar[:3, 3]
         uv, ok = camera.project(x)
-        ok = ok & (x[:, 2] > 0.5) & (x[:, 2] < self.max_depth) & (uv[:, 0] > -0.5) & (uv[:, 1] > -0.5) \
-            & (uv[:, 0] < camera.width - 0.5) & (uv[:, 1] < camera.height - 0.5)
-        return uv, ok
+        return uv, ok & (x[:, 2] > 0.5) & (x[:, 2] < self.max_depth) & camera.in_image(uv)
+
+    @staticmethod
+    def _cells(uv: torch.Tensor, camera: CameraModel, h: int, w: int) -> torch.Tensor:
+        """Flat index ``[N]`` of the cell of an ``h x w`` grid over the image that holds each pixel ``uv [N, 2]``."""
+        return (uv[:, 1].add(0.5).mul(h / camera.height).long().clamp(0, h - 1) * w
+                + uv[:, 0].add(0.5).mul(w / camera.width).long().clamp(0, w - 1))
 
     def flow_targets(self, batch: CalibBatch, gt: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Where each 1/4 cell's LiDAR points are in the image: the mean of ``uv_true - uv_current`` over the points
@@ -250,8 +255,7 @@ class CalibFormer(BaseModel):
             uv0, ok0 = self._projections(pts, cam, init)
             uv1, ok1 = self._projections(pts, cam, g)
             ok = ok0 & ok1
-            cell = (uv0[ok, 1].add(0.5).mul(h / cam.height).long().clamp(0, h - 1) * w
-                    + uv0[ok, 0].add(0.5).mul(w / cam.width).long().clamp(0, w - 1))
+            cell = self._cells(uv0[ok], cam, h, w)
             out[b].index_add_(1, cell, (uv1[ok] - uv0[ok]).T)
             cnt[b, 0].index_add_(0, cell, torch.ones_like(cell, dtype=torch.float64))
         hit = cnt > 0
@@ -271,19 +275,18 @@ class CalibFormer(BaseModel):
         for b, (pts, cam, s0) in enumerate(zip(batch.points, batch.cameras, start)):
             sel = pts[torch.linspace(0, len(pts) - 1, min(self.pnp_points, len(pts)), device=pts.device).long()].double()
             uv0, ok = self._projections(sel, cam, s0)
+            if int(ok.sum()) < 6:  # too few points to solve: the decoder's correction
+                out.append(self.correct(s0[None], q[b:b + 1].double(), t[b:b + 1].double())[0])
+                continue
             sel, uv0 = sel[ok], uv0[ok]
-            cell = (uv0[:, 1].add(0.5).mul(h / cam.height).long().clamp(0, h - 1) * w
-                    + uv0[:, 0].add(0.5).mul(w / cam.width).long().clamp(0, w - 1))
+            cell = self._cells(uv0, cam, h, w)
             target = uv0 + flow[b].reshape(2, -1)[:, cell].T.double()
             wt = torch.exp(-logb[b].reshape(-1)[cell].double())
             R0, t0 = s0[:3, :3], s0[:3, 3]
             X = sel @ R0.T  # rotated about the LiDAR origin, not yet placed
-            rot = torch.from_numpy(_rotvec(quat_to_matrix(q[b:b + 1].double())[0].cpu().numpy())).to(X)
-            theta = torch.cat([rot, t[b].double()])  # [6]
+            rot = Rotation.from_quat(q[b].detach().double().cpu().numpy()[[1, 2, 3, 0]]).as_rotvec()  # (x, y, z, w)
+            theta = torch.cat([torch.from_numpy(rot).to(X), t[b].double()])  # [6]
             free = 3 if self.pnp == "rotation" else 6
-            if len(sel) < 6:
-                out.append(self.correct(s0[None], q[b:b + 1].double(), t[b:b + 1].double())[0])
-                continue
 
             def residual(th):
                 uv, _ = cam.project(X @ _rotmat(th[:3]).T + t0 + th[3:])
@@ -379,10 +382,3 @@ def _rotmat(v: torch.Tensor) -> torch.Tensor:
     a = torch.where(small, 1 - th2 / 6, torch.sin(th) / th)
     b = torch.where(small, 0.5 - th2 / 24, (1 - torch.cos(th)) / th2.clamp_min(1e-24))
     return torch.eye(3, dtype=v.dtype, device=v.device) + a * K + b * (K @ K)
-
-
-def _rotvec(r: np.ndarray) -> np.ndarray:
-    """``[3, 3]`` rotation → rotation vector ``[3]``."""
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_matrix(r).as_rotvec()
