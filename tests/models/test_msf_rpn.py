@@ -158,6 +158,15 @@ def test_tensor_mode_and_checks(sim):
         model(data["inputs"], mode="bogus")
 
 
+
+def test_grid_that_the_neck_cannot_line_up_is_refused():
+    """152 y voxels -> a 19-cell BEV map after the encoder: the stride-2 backbone stage and the neck's up-sampling
+    would give 38 vs 40 rows (a size mismatch deep in forward); the constructor says what to change instead."""
+    with pytest.raises(ValueError, match=r"160 x 152 voxels give a 20 x 19 BEV map.*multiples of 16"):
+        CenterPointRPN(dict(GRID, y_max=18.0), ("car",), with_velocity=False, **TINY)
+    CenterPointRPN(dict(GRID, y_max=24.0), ("car",), with_velocity=False, **TINY)  # 176 voxels: fine
+
+
 @pytest.mark.parametrize("name", ["rpn_sim_cpu.py", "rpn_sim.py"])
 def test_configs_build(name):
     from mmengine.config import Config

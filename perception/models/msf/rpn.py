@@ -16,6 +16,7 @@ Pipeline (``B`` frames, :class:`VoxelGrid` of ``X x Y x Z`` voxels, total stride
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -155,6 +156,13 @@ class CenterPointRPN(BaseModel):
         self.encoder = SparseEncoder(len(self.point_fields), self.vfe.sparse_shape, **{**bn, **(encoder or {})})
         bb = {"out_channels": (128, 256), "layer_nums": (5, 5), "strides": (1, 2), **bn, **(backbone or {})}
         self.backbone = SecondBackbone(self.encoder.bev_channels, **bb)
+        down = math.prod(self.backbone.strides)
+        if any(n % down for n in self.encoder.bev_shape):  # the neck's up-sampled maps would not line up
+            nx, ny, _ = self.grid.shape
+            raise ValueError(f"CenterPointRPN: the grid's {nx} x {ny} voxels give a {self.encoder.bev_shape[0]} x "
+                             f"{self.encoder.bev_shape[1]} BEV map after the sparse encoder (stride 8), which the "
+                             f"backbone's strides {self.backbone.strides} need divisible by {down}: choose a range "
+                             f"and voxel size whose x and y voxel counts are multiples of {8 * down}")
         nk = {"out_channels": (256, 256), "upsample_strides": (1, 2), **bn, **(neck or {})}
         self.neck = SecondFPN(self.backbone.out_channels, self.backbone.strides, **nk)
         self.stride = self.encoder.stride * self.neck.stride
