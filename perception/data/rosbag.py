@@ -338,8 +338,8 @@ def decode_pointcloud2(msg, topic: str, frame_id: str | None = None,
             if words.flags.aligned and words.flags.writeable:
                 pts = words.view(np.float32)  # the message's own buffer, no copy
             else:  # one memory copy (a read-only or unaligned buffer)
-                pts = (pool.take(n * width * 4) if pool else np.empty(n * width * 4, np.uint8)).view(np.float32)
-                pts = pts.reshape(n, width)
+                buf = pool.take(n * width * 4) if pool is not None else np.empty(n * width * 4, np.uint8)
+                pts = buf.view(np.float32).reshape(n, width)
                 pts.view(np.uint32)[:] = words
             suspect = _nonfinite_xyz(pts.view(np.uint32))
         else:  # one pass: gather the columns and test x, y, z
@@ -496,6 +496,7 @@ class TfTree:
 # ------------------------------------------------------------------------------------------------
 
 MCAP_MAGIC = b"\x89MCAP0\r\n"
+ROSBAG1_MAGIC = b"#ROSBAG V2.0\n"
 _OP_LEN = struct.Struct("<BQ")
 _U32, _U64, _TIME = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<II")
 _MESSAGE = struct.Struct("<HIQQ")
@@ -647,12 +648,13 @@ def _rosbag1_counts(path: Path) -> dict[str, int] | None:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(4096)
-        if not head.startswith(b"#ROSBAG V2.0\n"):
+        if not head.startswith(ROSBAG1_MAGIC):
             return None
-        (hl,) = _U32.unpack_from(head, 13)  # the bag header record (its data, padding, is not needed)
-        hdr = _bag_header(head, 17, 17 + hl)
+        at = len(ROSBAG1_MAGIC)
+        (hl,) = _U32.unpack_from(head, at)  # the bag header record (its data, padding, is not needed)
+        hdr = _bag_header(head, at + 4, at + 4 + hl)
         index_pos = _U64.unpack(hdr["index_pos"])[0]
-        if not 13 < index_pos < size:
+        if not at < index_pos < size:
             return None
         f.seek(index_pos)
         tail = f.read()
@@ -686,7 +688,6 @@ def _iter_rosbag1(path: Path, pool: BufferPool | None = None) -> Iterator[RawMes
     import lz4.frame
 
     pool = BufferPool() if pool is None else pool
-    magic = b"#ROSBAG V2.0\n"
     conns: dict[int, tuple[str, str, str]] = {}
 
     def connection(hdr, b, d0, d1) -> None:  # its data is the connection header (type, message_definition, ...)
@@ -709,9 +710,9 @@ def _iter_rosbag1(path: Path, pool: BufferPool | None = None) -> Iterator[RawMes
 
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if f.read(len(magic)) != magic:
+        if f.read(len(ROSBAG1_MAGIC)) != ROSBAG1_MAGIC:
             raise RecordingError(path, 0, "not a ROS1 bag (no '#ROSBAG V2.0' line)")
-        pos = len(magic)
+        pos = len(ROSBAG1_MAGIC)
 
         def record(at: int):
             """``(header fields, data)`` of the record at ``at`` (the file is positioned there); index data
@@ -1278,8 +1279,8 @@ def _as_rosbag_frame(f: Frame) -> Frame:
 
 
 __all__ = [
-    "Decoder", "ImuSample", "MalformedMessage", "OdometrySample", "RawMessage", "RecordingError", "ReorderBuffer",
-    "ReplayStats", "RosbagConfig", "RosbagReader", "TfTree", "camera_from_info", "check_pointcloud2",
-    "BufferPool", "decode_compressed_image", "decode_depth", "decode_image", "decode_pointcloud2", "iter_recording",
+    "BufferPool", "Decoder", "ImuSample", "MalformedMessage", "OdometrySample", "RawMessage", "RecordingError",
+    "ReorderBuffer", "ReplayStats", "RosbagConfig", "RosbagReader", "TfTree", "camera_from_info", "check_pointcloud2",
+    "decode_compressed_image", "decode_depth", "decode_image", "decode_pointcloud2", "iter_recording",
     "normalize_type", "topic_counts",
 ]

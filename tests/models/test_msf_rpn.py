@@ -158,7 +158,6 @@ def test_tensor_mode_and_checks(sim):
         model(data["inputs"], mode="bogus")
 
 
-
 def test_grid_that_the_neck_cannot_line_up_is_refused():
     """152 y voxels -> a 19-cell BEV map after the encoder: the stride-2 backbone stage and the neck's up-sampling
     would give 38 vs 40 rows (a size mismatch deep in forward); the constructor says what to change instead."""

@@ -100,6 +100,15 @@ def _ingest(path: Path) -> int:
     return clouds
 
 
+def _timed(fn, *args, cold: Path | None = None) -> float:
+    """Seconds one call of ``fn(*args)`` takes; with ``cold``, that file's pages are dropped from the cache first."""
+    if cold is not None:
+        _drop_cache(cold)
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
 def rows(repeats: int = ROUNDS) -> list[dict]:
     from perception.data.rosbag_export import write_recording
 
@@ -110,51 +119,34 @@ def rows(repeats: int = ROUNDS) -> list[dict]:
             path = write_recording(_samples(points, CLOUDS), _calib(), Path(tmp) / name, fmt)
             storage = path if path.is_file() else next(path.glob("*.mcap"))
             size = storage.stat().st_size
+
+            def row(op: str, peer: str, ours: list[float], theirs: list[float]) -> dict:
+                o, p = statistics.median(ours), statistics.median(theirs)
+                return {
+                    "bench": "replay", "op": op, "impl": "RosbagReader.messages (decode + checks)", "peer": peer,
+                    "params": {"data": source, "points": int(points.shape[0]), "clouds": CLOUDS, "hz": 10,
+                               "point_step": 16, "file_mb": round(size / 1e6, 1), "rounds": repeats},
+                    "median_ms": round(o * 1e3, 3), "peer_median_ms": round(p * 1e3, 3), "speedup": round(p / o, 3),
+                    "mb_per_s": round(size / o / 1e6, 1), "peer_mb_per_s": round(size / p / 1e6, 1),
+                    "clouds_per_s": round(CLOUDS / o, 1), "realtime_factor": round(CLOUDS * 0.1 / o, 1),
+                }
+
             assert _ingest(path) == CLOUDS  # warm: page cache, typestores, numpy
             _raw_read(storage)
             ours, peer, lib = [], [], []
             for _ in range(repeats):  # interleaved, so all see the same machine load
-                t0 = time.perf_counter()
-                _raw_read(storage)
-                peer.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                _records(path, fmt)
-                lib.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                _ingest(path)
-                ours.append(time.perf_counter() - t0)
-            o, p, q = statistics.median(ours), statistics.median(peer), statistics.median(lib)
-            recorded = CLOUDS * 0.1
-            out.append({
-                "bench": "replay", "op": f"ingest {fmt}", "impl": "RosbagReader.messages (decode + checks)",
-                "peer": "raw file read (1 MiB blocks)",
-                "params": {"data": source, "points": int(points.shape[0]), "clouds": CLOUDS, "hz": 10,
-                           "point_step": 16, "file_mb": round(size / 1e6, 1), "rounds": repeats},
-                "median_ms": round(o * 1e3, 3), "peer_median_ms": round(p * 1e3, 3), "speedup": round(p / o, 3),
-                "mb_per_s": round(size / o / 1e6, 1), "peer_mb_per_s": round(size / p / 1e6, 1),
-                "clouds_per_s": round(CLOUDS / o, 1), "realtime_factor": round(recorded / o, 1),
-            })
-            out.append({**out[-1], "peer": f"{'rosbags Reader' if fmt == 'ros1' else 'mcap reader'}: raw message "
-                        "bytes, not deserialized", "peer_median_ms": round(q * 1e3, 3), "speedup": round(q / o, 3),
-                        "peer_mb_per_s": round(size / q / 1e6, 1)})
-            if not _drop_cache(storage):
-                continue
-            ours, peer = [], []
-            for _ in range(repeats):
-                _drop_cache(storage)
-                t0 = time.perf_counter()
-                _raw_read(storage)
-                peer.append(time.perf_counter() - t0)
-                _drop_cache(storage)
-                t0 = time.perf_counter()
-                _ingest(path)
-                ours.append(time.perf_counter() - t0)
-            o, p = statistics.median(ours), statistics.median(peer)
-            out.append({**out[-2], "op": f"ingest {fmt} from storage", "peer": "raw file read (1 MiB blocks), "
-                        "from storage", "median_ms": round(o * 1e3, 3), "peer_median_ms": round(p * 1e3, 3),
-                        "speedup": round(p / o, 3), "mb_per_s": round(size / o / 1e6, 1),
-                        "peer_mb_per_s": round(size / p / 1e6, 1), "clouds_per_s": round(CLOUDS / o, 1),
-                        "realtime_factor": round(recorded / o, 1)})
+                peer.append(_timed(_raw_read, storage))
+                lib.append(_timed(_records, path, fmt))
+                ours.append(_timed(_ingest, path))
+            library = "rosbags Reader" if fmt == "ros1" else "mcap reader"
+            out += [row(f"ingest {fmt}", "raw file read (1 MiB blocks)", ours, peer),
+                    row(f"ingest {fmt}", f"{library}: raw message bytes, not deserialized", ours, lib)]
+            if _drop_cache(storage):  # the same from storage
+                ours, peer = [], []
+                for _ in range(repeats):
+                    peer.append(_timed(_raw_read, storage, cold=storage))
+                    ours.append(_timed(_ingest, path, cold=storage))
+                out.append(row(f"ingest {fmt} from storage", "raw file read (1 MiB blocks), from storage", ours, peer))
     return out
 
 
