@@ -20,7 +20,7 @@ actors and in process, interleaved in one run; frames/s and their ratio (tools/b
 ``models``: latency per frame on CPU at the CPU and the paper config sizes: MSF (the RPN and the
 head apart) and GaussianFusion (planning from 3 cameras + LiDAR, random weights) (tools/bench/models.py).
 
-``replay``: a ROS1 bag and a ROS2 MCAP of 30 KITTI sweeps (120k points) at 10 Hz streamed through
+``replay``: a ROS1 bag and a ROS2 MCAP of 100 KITTI sweeps (120k points) at 10 Hz streamed through
 ``RosbagReader`` against raw reads of the same file; MB/s and the real-time factor (tools/bench/replay.py).
 
 Rows: ``bench``, ``impl``, ``peer``, ``params``, ``median_ms``, ``peer_median_ms``, ``speedup``

@@ -171,7 +171,8 @@ class RosbagConfig:
     ``reference``: the LiDAR that clocks the frames (default: the first LiDAR topic, sorted).
     ``ego_frame``: the tf frame of the car (default ``base_link``; when absent from tf, the root of the
     reference LiDAR's tf tree, else the LiDAR itself). ``pose_source``: ``"tf"``, ``"odometry"``, or
-    ``"auto"`` (odometry when the file has it).
+    ``"auto"`` (odometry when the file has it). ``prefetch``: raw messages a background thread reads
+    ahead of the decoding (file reads overlap decoding; 0: read in the consuming thread).
     """
 
     topics: Mapping[str, str] = field(default_factory=dict)
@@ -181,6 +182,7 @@ class RosbagConfig:
     pose_source: str = "auto"
     reorder_window: float = 0.2
     prescan_seconds: float = 2.0
+    prefetch: int = 4
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RosbagConfig":
@@ -255,7 +257,14 @@ class BufferPool:
     holds only the few messages in flight (and the reorder window), so their buffers come back. A buffer is
     free when the pool holds its only reference: every view, memoryview, decoded message and cloud made
     from it keeps its base alive. At most ``keep`` buffers are kept; beyond that buffers are plain
-    allocations. Not thread-safe: one pool per reading generator.
+    allocations.
+
+    Self-aligning: large message records get a buffer of their own (the readers read a chunk record by
+    record), and a cloud whose float data its message puts off a 4-byte boundary would need a copy to be
+    read as float32; :meth:`realign` (called by the decoder on such a cloud) shifts the next records of its
+    topic by the bytes that put the same layout on the boundary. A topic's messages repeat their layout
+    (frame id, fields), so every cloud after the first is used in place. One reading generator takes
+    buffers (its thread); :meth:`realign` may be called from the consuming thread.
     """
 
     MIN_BYTES = 1 << 18  # smaller records: a plain allocation (malloc reuses its own free lists)
@@ -263,29 +272,44 @@ class BufferPool:
     def __init__(self, keep: int = 16) -> None:
         self.keep = keep
         self._bufs: list[np.ndarray] = []
+        self._shifts: list[int] = []  # the shift of the record each buffer last held
+        self.shifts: dict[str, int] = {}  # topic → bytes its records start past a 4-byte boundary
         self.reused = 0
 
-    def take(self, n: int) -> np.ndarray:
-        """A writable ``[n]`` uint8 buffer (contents undefined)."""
+    def take(self, n: int, topic: str | None = None) -> np.ndarray:
+        """A writable ``[n]`` uint8 buffer (contents undefined); for ``topic``, starting where
+        :meth:`realign` put that topic's records (numpy buffers start on a 4-byte boundary)."""
         if n < self.MIN_BYTES:
             return np.empty(n, np.uint8)
-        spare = -1
+        s, spare = self.shifts.get(topic, 0) if topic is not None else 0, -1
         for i in range(len(self._bufs)):
             b = self._bufs[i]
             if sys.getrefcount(b) == 3:  # free: the list, ``b`` and getrefcount's argument
-                if n <= b.size <= 2 * n:
+                if n + s <= b.size <= 2 * n:
                     self.reused += 1
-                    return b[:n]
+                    self._shifts[i] = s
+                    return b[s: s + n]
                 spare = i
-        out = np.empty(n, np.uint8)
+        out = np.empty(n + 3, np.uint8)
         if len(self._bufs) < self.keep:
             self._bufs.append(out)
+            self._shifts.append(s)
         elif spare >= 0:  # a free buffer of the wrong size makes room
-            self._bufs[spare] = out
-        return out[:n]
+            self._bufs[spare], self._shifts[spare] = out, s
+        return out[s: s + n]
+
+    def realign(self, data: np.ndarray, topic: str) -> None:
+        """``data``, a view of a pooled record of ``topic``, is off a 4-byte boundary: shift that topic's next
+        records to put it on (a view of no pooled buffer changes nothing)."""
+        addr = data.__array_interface__["data"][0]
+        for b, s in zip(list(self._bufs), list(self._shifts)):
+            start = b.__array_interface__["data"][0]
+            if start <= addr < start + b.size:
+                self.shifts[topic] = (s - (addr - start)) % 4
+                return
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _nonfinite_xyz(words):  # pragma: no cover - compiled
     """1 if a row of ``words [N, W]`` (float32 bit patterns, x y z first) has a non-finite x, y or z, else 0.
 
@@ -301,7 +325,7 @@ def _nonfinite_xyz(words):  # pragma: no cover - compiled
     return (a0 | a1 | a2) >> np.uint32(31)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _gather_words(words, cols, out):  # pragma: no cover - compiled
     """``out[i, k] = words[i, cols[k]]`` (``out [N, C]``, x y z first); returns the rows with a non-finite x, y or z."""
     bad = 0
@@ -338,6 +362,8 @@ def decode_pointcloud2(msg, topic: str, frame_id: str | None = None,
             if words.flags.aligned and words.flags.writeable:
                 pts = words.view(np.float32)  # the message's own buffer, no copy
             else:  # one memory copy (a read-only or unaligned buffer)
+                if pool is not None and not words.flags.aligned:
+                    pool.realign(words, topic)
                 buf = pool.take(n * width * 4) if pool is not None else np.empty(n * width * 4, np.uint8)
                 pts = buf.view(np.float32).reshape(n, width)
                 pts.view(np.uint32)[:] = words
@@ -505,11 +531,12 @@ _MESSAGE = struct.Struct("<HIQQ")
 def _iter_mcap(path: Path, pool: BufferPool | None = None) -> Iterator[RawMessage]:
     """Every message of an MCAP file, record by record; CRCs checked where the file has them.
 
-    Chunks are parsed here (https://mcap.dev/spec), messages handed on as views of the chunk (no
-    copies); schema and channel records through ``mcap``'s record classes. An uncompressed chunk's
-    bytes are CRC'd once: the data section's CRC combines the chunk's own. A cut or corrupt record
-    ends the stream with :class:`RecordingError` at its offset, after every message of the complete
-    records (chunks) before it.
+    Chunks are parsed here (https://mcap.dev/spec); an uncompressed chunk is read record by record, its
+    large messages each into a pooled buffer of its own (aligned per topic: :class:`BufferPool`), the rest
+    handed on as they were read; schema and channel records through ``mcap``'s record classes. Each byte
+    is CRC'd once: a chunk's CRC is combined into the data section's. A chunk's messages leave once its CRC
+    has been checked. A cut or corrupt record ends the stream with :class:`RecordingError` at its offset,
+    after every message of the complete records (chunks) before it.
     """
     from mcap.data_stream import ReadDataStream
     from mcap.opcode import Opcode
@@ -552,63 +579,110 @@ def _iter_mcap(path: Path, pool: BufferPool | None = None) -> Iterator[RawMessag
         if f.read(8) != MCAP_MAGIC:
             raise RecordingError(path, 0, "not an MCAP file (bad magic)")
         pos, crc = 8, crc32(MCAP_MAGIC)
+
+        class Cut(Exception):
+            """The file ends inside the record at ``pos``."""
+
+        def read(n: int, into: np.ndarray | None = None):
+            """``n`` bytes of the record at ``pos`` (into ``into`` when given); a short read means a cut file."""
+            got = f.readinto(into) if into is not None else len(out := f.read(n))
+            if got < n:
+                raise Cut
+            return into if into is not None else out
+
+        def uncompressed_chunk(rlen: int) -> tuple[list[RawMessage], int]:
+            """The records of an uncompressed chunk, read one by one; ``(messages, their bytes' CRC)``."""
+            out: list[RawMessage] = []
+            rcrc, k = 0, 0
+            while k < rlen:
+                if k + 9 > rlen:
+                    raise ValueError("corrupt chunk: a record header overruns it")
+                rh = read(9)
+                op, length = _OP_LEN.unpack(rh)
+                if k + 9 + length > rlen:
+                    raise ValueError(f"corrupt chunk: a record (opcode {op:#04x}) overruns it")
+                rcrc = crc32(rh, rcrc)
+                if op == Opcode.MESSAGE and length - 22 >= BufferPool.MIN_BYTES:  # a buffer of its own
+                    mh = read(22)
+                    channel, _, log_time, _ = _MESSAGE.unpack(mh)
+                    topic, msgtype, enc, definition = channels[channel]
+                    data = read(length - 22, pool.take(length - 22, topic))
+                    rcrc = crc32(data, crc32(mh, rcrc))
+                    out.append(RawMessage(topic, msgtype, log_time, memoryview(data), enc, definition))
+                else:
+                    body = read(length)
+                    rcrc = crc32(body, rcrc)
+                    out += record(op, body)
+                k += 9 + length
+            return out, rcrc
+
         while True:
             head = f.read(9)
             if len(head) < 9:
                 raise RecordingError(path, pos, "file ends before the footer (truncated)"
                                      + (f"; {len(head)} stray bytes" if head else ""))
             op, length = _OP_LEN.unpack(head)
-            # writable: clouds decoded from it can be its views; never more than the file holds (a corrupt length)
-            body = pool.take(min(length, max(size - pos - 9, 0)))
-            got = f.readinto(body)
-            if got < length:
-                raise RecordingError(path, pos, f"truncated record (opcode {op:#04x}): {length} bytes declared, "
-                                     f"{got} present")
-            view, covered = memoryview(body), False
+            covered = False
             try:
+                if pos + 9 + length > size:
+                    raise Cut
                 if op == Opcode.CHUNK:
                     # start u64, end u64, uncompressed_size u64, uncompressed_crc u32, compression str, records
-                    usize, stored = struct.unpack_from("<QI", body, 16)
-                    (clen,) = struct.unpack_from("<I", body, 28)
-                    compression = bytes(view[32: 32 + clen]).decode()
-                    (rlen,) = struct.unpack_from("<Q", body, 32 + clen)
-                    r0 = 40 + clen
-                    if r0 + rlen != length:
+                    fixed = read(32)
+                    usize, stored = struct.unpack_from("<QI", fixed, 16)
+                    (clen,) = struct.unpack_from("<I", fixed, 28)
+                    fixed += read(clen + 8)
+                    compression = fixed[32: 32 + clen].decode()
+                    (rlen,) = struct.unpack_from("<Q", fixed, 32 + clen)
+                    if 40 + clen + rlen != length:
                         raise ValueError(f"records field of {rlen} bytes in a {length}-byte chunk")
-                    records = view[r0:]
                     if compression == "":
-                        rcrc = crc32(records)
+                        messages, got = uncompressed_chunk(rlen)
                         if crc32_combine is not None:
-                            crc = crc32_combine(crc32(view[:r0], crc32(head, crc)), rcrc, rlen)
+                            crc = crc32_combine(crc32(fixed, crc32(head, crc)), got, rlen)
                             covered = True
-                    elif compression == "zstd":
-                        import zstandard
-
-                        records = memoryview(zstandard.decompress(records, usize))
-                    elif compression == "lz4":
-                        import lz4.frame
-
-                        records = memoryview(lz4.frame.decompress(records))
                     else:
-                        raise ValueError(f"unknown chunk compression {compression!r}")
-                    if stored:
-                        got = rcrc if compression == "" else crc32(records)
-                        if got != stored:
-                            raise RecordingError(path, pos, f"chunk CRC mismatch ({stored:#x} stored, {got:#x} read)")
-                    yield from chunk_records(records)
-                elif op in (Opcode.SCHEMA, Opcode.CHANNEL, Opcode.MESSAGE):  # outside chunks (unchunked files)
-                    yield from record(op, view)
-                elif op == Opcode.DATA_END:
-                    stored = DataEnd.read(ReadDataStream(io.BytesIO(bytes(body)))).data_section_crc
-                    if stored not in (0, crc):
-                        raise RecordingError(path, pos, f"data section CRC mismatch ({stored:#x} stored, {crc:#x} read)")
-                elif op == Opcode.FOOTER:
-                    return
+                        body = read(rlen, pool.take(rlen))
+                        if compression == "zstd":
+                            import zstandard
+
+                            records = memoryview(zstandard.decompress(body, usize))
+                        elif compression == "lz4":
+                            import lz4.frame
+
+                            records = memoryview(lz4.frame.decompress(body))
+                        else:
+                            raise ValueError(f"unknown chunk compression {compression!r}")
+                        got = crc32(records)
+                        messages = list(chunk_records(records))
+                        crc, covered = crc32(body, crc32(fixed, crc32(head, crc))), True
+                    if stored and got != stored:
+                        raise RecordingError(path, pos, f"chunk CRC mismatch ({stored:#x} stored, {got:#x} read)")
+                    if not covered:  # no crc32_combine (zlib): the data section's CRC over the bytes again
+                        f.seek(pos + 9)
+                        crc = crc32(read(length), crc32(head, crc))
+                        covered = True
+                    yield from messages
+                else:
+                    body = read(length, pool.take(length)) if length >= BufferPool.MIN_BYTES else read(length)
+                    if op in (Opcode.SCHEMA, Opcode.CHANNEL, Opcode.MESSAGE):  # outside chunks (unchunked files)
+                        yield from record(op, memoryview(body))
+                    elif op == Opcode.DATA_END:
+                        stored = DataEnd.read(ReadDataStream(io.BytesIO(bytes(body)))).data_section_crc
+                        if stored not in (0, crc):
+                            raise RecordingError(path, pos, f"data section CRC mismatch ({stored:#x} stored, "
+                                                 f"{crc:#x} read)")
+                        covered = True
+                    elif op == Opcode.FOOTER:
+                        return
+            except Cut:
+                raise RecordingError(path, pos, f"truncated record (opcode {op:#04x}): {length} bytes declared, "
+                                     f"{size - pos - 9} present") from None
             except (struct.error, KeyError, UnicodeDecodeError, ValueError, EOFError) as e:
                 if isinstance(e, RecordingError):
                     raise
                 raise RecordingError(path, pos, f"corrupt record (opcode {op:#04x}): {type(e).__name__}: {e}") from None
-            if op != Opcode.DATA_END and not covered:
+            if not covered:
                 crc = crc32(body, crc32(head, crc))
             pos += 9 + length
 
@@ -726,12 +800,41 @@ def _iter_rosbag1(path: Path, pool: BufferPool | None = None) -> Iterator[RawMes
             if at + 8 + hl + dl > size:
                 raise EOFError(at)
             hdr = _bag_header(head, 0, hl)
-            if hdr.get("op", b"\0")[0] == 0x04:
+            op = hdr.get("op", b"\0")[0]
+            if op == 0x04:
                 f.seek(dl, 1)
                 return hdr, b""
+            if op == 0x05 and hdr.get("compression") == b"none":
+                return hdr, dl  # read record by record: inline_chunk
             data = pool.take(dl)  # writable: clouds decoded from it can be its views
             f.readinto(data)
             return hdr, memoryview(data)
+
+        def inline_chunk(at: int, dl: int) -> Iterator[RawMessage]:
+            """The messages of the uncompressed chunk at ``at`` (its ``dl`` data bytes next in the file), read
+            record by record: a large message into a pooled buffer of its own, aligned per topic."""
+            k = 0
+            while k < dl:
+                (hl,) = _U32.unpack(f.read(4)) if k + 4 <= dl else (dl,)
+                head = f.read(hl + 4) if k + 8 + hl <= dl else b""
+                (rdl,) = _U32.unpack_from(head, hl) if head else (dl,)
+                if k + 8 + hl + rdl > dl:
+                    raise RecordingError(path, at, "corrupt chunk: a record overruns it")
+                hdr = _bag_header(head, 0, hl)
+                op = hdr.get("op", b"\0")[0]
+                if op == 0x02:
+                    topic = conns[_U32.unpack(hdr["conn"])[0]][0]
+                    if rdl >= BufferPool.MIN_BYTES:
+                        data = pool.take(rdl, topic)
+                        f.readinto(data)
+                        yield message(hdr, memoryview(data))
+                    else:
+                        yield message(hdr, f.read(rdl))
+                elif op == 0x07:
+                    connection(hdr, f.read(rdl), 0, rdl)
+                else:
+                    f.seek(rdl, 1)
+                k += 8 + hl + rdl
 
         try:
             hdr, _ = record(pos)
@@ -757,7 +860,9 @@ def _iter_rosbag1(path: Path, pool: BufferPool | None = None) -> Iterator[RawMes
             while pos < end:
                 hdr, data = record(pos)
                 op = hdr.get("op", b"\0")[0]
-                if op == 0x05:  # chunk
+                if op == 0x05 and isinstance(data, int):  # an uncompressed chunk
+                    yield from inline_chunk(pos, data)
+                elif op == 0x05:  # chunk
                     comp = hdr["compression"].decode()
                     if comp == "bz2":
                         data = memoryview(bz2.decompress(data))
@@ -861,6 +966,57 @@ def iter_recording(path: str | Path, pool: BufferPool | None = None) -> Iterator
         yield from _iter_db3(p)
     else:
         raise DataError(p, f"unknown recording format {suffix!r} (expected .bag, .db3, .mcap or a rosbag2 folder)")
+
+
+def prefetched(items: Iterator, depth: int) -> Iterator:
+    """``items`` run in a background thread, at most ``depth`` ahead of the consumer.
+
+    The file reads of a recording (the copy out of the page cache or the wait on storage, both without
+    the GIL) then overlap the decoding. Order is kept; an exception ``items`` raises reaches the consumer
+    after every item before it; closing the consumer stops the thread and closes ``items``.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+    stop = threading.Event()
+    end = object()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def run() -> None:
+        try:
+            for x in items:
+                if not put(x):
+                    return
+            put((end, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            put((end, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=run, name="recording-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            x = q.get()
+            if type(x) is tuple and len(x) == 2 and x[0] is end:
+                if x[1] is not None:
+                    raise x[1]
+                return
+            yield x
+    finally:
+        stop.set()
+        worker.join()
 
 
 def topic_counts(path: str | Path) -> dict[str, int] | None:
@@ -1154,7 +1310,8 @@ class RosbagReader(Reader):
                     side(*it)
 
         try:
-            for raw in iter_recording(self.path, pool):
+            raws = iter_recording(self.path, pool)
+            for raw in (prefetched(raws, cfg.prefetch) if cfg.prefetch > 0 else raws):
                 topic, ty = raw.topic, raw.msgtype
                 st.messages[topic] += 1
                 if ty not in HANDLED:

@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from perception.data.rosbag import (BufferPool, MalformedMessage, RecordingError, RosbagReader, camera_from_info,
-                                    check_pointcloud2, decode_pointcloud2, iter_recording, topic_counts)
+from perception.data.rosbag import (BufferPool, Decoder, MalformedMessage, RecordingError, RosbagReader,
+                                    camera_from_info, check_pointcloud2, decode_pointcloud2, iter_recording,
+                                    prefetched, topic_counts)
 from perception.data.rosbag_export import _Messages, write_recording
 from perception.geometry.cameras import KannalaBrandtCamera, PinholeCamera
 from perception.geometry.se3 import SE3
@@ -231,7 +232,70 @@ def test_pooled_reads_never_overwrite_live_clouds(tmp_path, fmt, name):
         np.testing.assert_array_equal(f.cameras["cam"].image, s.frame.cameras["cam"].image)
     pool = BufferPool()
     assert sum(len(r.data) for r in iter_recording(path, pool)) > 6 * 20_000 * 16
-    assert pool.reused >= 4 and len(pool._bufs) <= 3  # dropped at once: a few buffers go round
+    # dropped at once: a few buffers go round (an MCAP chunk's messages wait together for its CRC check)
+    assert pool.reused >= 4 and len(pool._bufs) <= 4
+
+
+def test_buffer_pool_realigns_the_next_records():
+    pool = BufferPool()
+    n = 2 * BufferPool.MIN_BYTES
+    a = pool.take(n)
+    assert a.__array_interface__["data"][0] % 4 == 0
+    pool.realign(a[7:], "/points")  # a cloud 7 bytes into its record: off the boundary by 3
+    b = pool.take(n, "/points")
+    assert (b.__array_interface__["data"][0] + 7) % 4 == 0 and b.size == n  # the same layout lands on it
+    for c in (pool.take(n), pool.take(n, "/other")):  # other topics and copies: on the boundary
+        assert c.__array_interface__["data"][0] % 4 == 0
+    pool.realign(np.zeros(8, np.uint8)[1:], "/points")  # not a pooled buffer: nothing changes
+    assert pool.shifts == {"/points": 1}
+
+
+@pytest.mark.parametrize("fmt, name, first", [("ros1", "a.bag", 1), ("ros2-mcap", "a2m", 0)])
+def test_clouds_are_read_in_place(tmp_path, fmt, name, first):
+    """Each large message gets a pooled buffer of its own. ROS1 serialization puts this cloud's data off a
+    4-byte boundary: the first is copied, then the pool shifts the topic's records onto it. CDR pads the
+    data to 4 bytes from the message start: never off."""
+    samples, calib = _samples(n=8, points=20_000)  # several frames per chunk: clouds anywhere in a chunk
+    path = write_recording(samples, calib, tmp_path / name, fmt)
+    pool, dec, misaligned, clouds = BufferPool(), Decoder(), 0, []
+    for raw in iter_recording(path, pool):
+        if raw.msgtype == "sensor_msgs/msg/PointCloud2":
+            msg = dec.decode(raw)
+            misaligned += np.frombuffer(msg.data, np.uint8).__array_interface__["data"][0] % 4 != 0
+            clouds.append(decode_pointcloud2(msg, raw.topic, pool=pool)[0].points)
+    assert len(clouds) == 8 and misaligned == first
+    for got, s in zip(clouds, samples, strict=True):
+        np.testing.assert_array_equal(got, s.frame.lidar["lidar"].points)
+
+
+def test_prefetched_keeps_order_errors_and_stops():
+    import threading
+
+    def items():
+        yield from range(5)
+        raise RecordingError("x.bag", 42, "cut")
+
+    got = []
+    with pytest.raises(RecordingError, match="at byte 42"):
+        for x in prefetched(items(), 2):
+            got.append(x)
+    assert got == list(range(5))  # everything before the error, in order
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    it = prefetched(endless(), 3)
+    assert [next(it) for _ in range(4)] == [0, 1, 2, 3]
+    it.close()  # the consumer stops: the thread ends and closes its source
+    assert closed.wait(5) and not any(t.name == "recording-prefetch" for t in threading.enumerate())
 
 
 def _cut(path, frac: float, dst):
