@@ -198,3 +198,56 @@ def test_flow_targets_and_pnp_recover_a_known_correction(sim_pairs):
             assert np.abs(after.translation).max() < (0.04 if pnp == "full" else 1e-6)  # cell means at 64x32
     with pytest.raises(ValueError, match="pnp"):
         CalibFormer(pnp="icp")
+
+
+def test_cascade_runs_its_stages_in_turn_and_trains_one(sim_pairs, tmp_path):
+    """Stage 2 starts from stage 1's estimate; ``init_from`` starts both from one CalibFormer's weights; the loss
+    trains only ``train_stage``."""
+    from perception.models.calibformer.cascade import CalibCascade
+
+    torch.manual_seed(0)
+    kw = dict(widths=(8, 16, 16, 16), feat_dim=16, dim=32, heads=2, corr_heads=2, enc_layers=1, dec_layers=1, iterations=2)
+    single = CalibFormer(**kw)
+    for p in single.parameters():  # away from the identity start, so each stage moves the estimate
+        p.data.add_(0.05 * torch.randn_like(p))
+    torch.save({"state_dict": single.state_dict()}, tmp_path / "stage1.pth")
+    cascade = CalibCascade([kw, dict(kw, iterations=1)], train_stage=1, init_from=str(tmp_path / "stage1.pth")).eval()
+    single.eval().requires_grad_(False)  # frozen as the cascade's stages (torch's transformer fast path then)
+    batch = [sim_pairs[i] for i in range(3)]
+    data = cascade.data_preprocessor(batch)
+    preds = cascade(**data, mode="predict")
+    assert preds[0].steps.shape == (4, 4, 4) and cascade.iterations == 3
+    from dataclasses import replace
+
+    with torch.no_grad():  # stage 1 alone (the same weights), then stage 2 from its estimate
+        first = single.refine(data["inputs"])
+        second = single.refine(replace(data["inputs"], init=first[-1]), 1)
+    np.testing.assert_allclose(np.stack([p.cam_from_lidar for p in preds]), second[-1].numpy(), atol=1e-6)
+    assert not np.allclose(preds[0].cam_from_lidar, preds[0].init, atol=1e-4)
+
+    cascade.train()
+    opt = torch.optim.AdamW([p for p in cascade.parameters() if p.requires_grad], lr=1e-3)
+    before = [p.detach().clone() for p in cascade.stages[0].parameters()]
+    moved = [p.detach().clone() for p in cascade.stages[1].parameters()]
+    loss = sum(cascade(**cascade.data_preprocessor(batch, True), mode="loss").values())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, cascade.stages[0].parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(moved, cascade.stages[1].parameters()))
+    with pytest.raises(ValueError, match="train_stage"):
+        CalibCascade([kw], train_stage=2)
+
+
+def test_cascade_config_starts_both_stages_from_the_released_weights():
+    from mmengine.config import Config
+
+    from perception.engine.checkpoint import load_checkpoint
+    from perception.models.calibformer.calibrate import ROOT
+
+    cfg = Config.fromfile(ROOT / "configs/calibformer/calibformer_cascade_sim_cpu.py")
+    model = cfg.model.type(**{k: v for k, v in cfg.model.items() if k != "type"})
+    released = load_checkpoint(ROOT / "checkpoints/calibformer_flow_sim_cpu.safetensors")["state_dict"]
+    for stage in model.stages:
+        assert all(torch.equal(stage.state_dict()[k], v) for k, v in released.items())
+    assert [p.requires_grad for p in (next(s.parameters()) for s in model.stages)] == [False, True]

@@ -1,0 +1,77 @@
+"""A cascade of CalibFormer networks, each refining the previous one's estimate over a narrower range.
+
+LCCNet's scheme (Lv et al., "LCCNet: LiDAR and Camera Self-Calibration using Cost Volume Network",
+CVPRW 2021: five networks for ranges from +-20 deg / 1.5 m down to +-1 deg / 0.1 m, each applied to the
+previous one's output). Here: a first :class:`~.model.CalibFormer` for the full range, then networks
+trained on what it leaves (a degree or two of rotation, the full translation): once the image no longer
+moves by tens of pixels, the few-pixel parallax of a horizontal or forward offset is what the
+correlations see.
+
+Training trains one stage (``train_stage``) on the dataset's perturbations; the other stages are frozen.
+``init_from`` (a checkpoint of one CalibFormer; a relative path not found from the working directory is
+taken from the repository root, as the configs name checkpoints) starts every stage from those weights.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from mmengine.model import BaseModel
+from torch import nn
+
+from perception.models.calibformer.data import CalibTarget
+from perception.models.calibformer.model import CalibBatch, CalibFormer, CalibPrediction, CalibPreprocessor
+
+
+class CalibCascade(BaseModel):
+    """``stages``: the keyword arguments of each :class:`CalibFormer`, in the order they run; ``forward`` as
+    :class:`CalibFormer`'s (``predict`` runs every stage, each over its own ``iterations``)."""
+
+    def __init__(self, stages: Sequence[Mapping], train_stage: int = -1, init_from: str | None = None) -> None:
+        super().__init__(data_preprocessor=CalibPreprocessor())
+        if not stages:
+            raise ValueError("CalibCascade: needs at least one stage")
+        self.stages = nn.ModuleList(CalibFormer(**dict(s)) for s in stages)
+        if not -len(self.stages) <= train_stage < len(self.stages):
+            raise ValueError(f"CalibCascade.train_stage {train_stage}: there are {len(self.stages)} stages")
+        self.train_stage = train_stage % len(self.stages)
+        if init_from:
+            from perception.engine.checkpoint import load_checkpoint
+
+            path = Path(init_from)
+            if not path.is_absolute() and not path.exists():
+                path = Path(__file__).resolve().parents[3] / path
+            state = load_checkpoint(path)["state_dict"]
+            for stage in self.stages:
+                stage.load_state_dict(state)
+        for i, stage in enumerate(self.stages):
+            stage.requires_grad_(i == self.train_stage)
+
+    @property
+    def iterations(self) -> int:
+        return sum(s.iterations for s in self.stages)
+
+    def refine(self, batch: CalibBatch, iterations: int | None = None) -> torch.Tensor:
+        """``[K+1, B, 4, 4]``: ``batch.init`` then the estimate after every iteration of every stage.
+        ``iterations`` (optional) overrides the last stage's."""
+        steps = [batch.init]
+        for i, stage in enumerate(self.stages):
+            k = iterations if iterations is not None and i == len(self.stages) - 1 else None
+            steps += list(stage.refine(replace(batch, init=steps[-1]), k)[1:])
+        return torch.stack(steps)
+
+    def forward(self, inputs: CalibBatch, data_samples: list[CalibTarget | None] | None = None, mode: str = "tensor"):
+        if mode == "loss":
+            return self.stages[self.train_stage](inputs, data_samples, mode="loss")
+        if mode == "predict":
+            return self.predict(inputs)
+        if mode == "tensor":
+            return self.stages[0](inputs, mode="tensor")
+        raise ValueError(f"CalibCascade: mode must be 'tensor', 'loss' or 'predict', got {mode!r}")
+
+    @torch.no_grad()
+    def predict(self, batch: CalibBatch, iterations: int | None = None) -> list[CalibPrediction]:
+        steps = self.refine(batch, iterations).cpu().numpy()  # [K+1, B, 4, 4]
+        return [CalibPrediction(tok, steps[-1, b], steps[0, b], steps[:, b]) for b, tok in enumerate(batch.tokens)]
