@@ -528,6 +528,19 @@ _U32, _U64, _TIME = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<II
 _MESSAGE = struct.Struct("<HIQQ")
 
 
+def _memory_reader(buf) -> Callable[[int], memoryview]:
+    """``read(n)``: the next ``n`` bytes of ``buf`` as a view, so a decompressed chunk goes through the same record
+    parser as a chunk read from the file."""
+    view, at = memoryview(buf), 0
+
+    def read(n: int) -> memoryview:
+        nonlocal at
+        at += n
+        return view[at - n: at]
+
+    return read
+
+
 def _iter_mcap(path: Path, pool: BufferPool | None = None) -> Iterator[RawMessage]:
     """Every message of an MCAP file, record by record; CRCs checked where the file has them.
 
@@ -563,16 +576,32 @@ def _iter_mcap(path: Path, pool: BufferPool | None = None) -> Iterator[RawMessag
             channels[ch.id] = (ch.topic, normalize_type(sc.name) if sc else "", ch.message_encoding,
                                sc.data.decode() if sc and sc.encoding in ("ros1msg", "ros2msg") else "")
 
-    def chunk_records(records) -> Iterator[RawMessage]:
-        n, k = len(records), 0
-        while k < n:
-            if k + 9 > n:
+    def chunk_messages(rlen: int, read, large) -> tuple[list[RawMessage], int]:
+        """The records of a chunk's ``rlen`` bytes, from ``read(n)``, a large message's data from ``large(n, topic)``
+        (a pooled buffer of its own for a chunk read from the file); ``(messages, the records' CRC)``."""
+        out: list[RawMessage] = []
+        rcrc, k = 0, 0
+        while k < rlen:
+            if k + 9 > rlen:
                 raise ValueError("corrupt chunk: a record header overruns it")
-            op, length = _OP_LEN.unpack_from(records, k)
-            if k + 9 + length > n:
+            rh = read(9)
+            op, length = _OP_LEN.unpack(rh)
+            if k + 9 + length > rlen:
                 raise ValueError(f"corrupt chunk: a record (opcode {op:#04x}) overruns it")
-            yield from record(op, records[k + 9: k + 9 + length])
+            rcrc = crc32(rh, rcrc)
+            if op == Opcode.MESSAGE and length - 22 >= BufferPool.MIN_BYTES:
+                mh = read(22)
+                channel, _, log_time, _ = _MESSAGE.unpack(mh)
+                topic, msgtype, enc, definition = channels[channel]
+                data = large(length - 22, topic)
+                rcrc = crc32(data, crc32(mh, rcrc))
+                out.append(RawMessage(topic, msgtype, log_time, memoryview(data), enc, definition))
+            else:
+                body = read(length)
+                rcrc = crc32(body, rcrc)
+                out += record(op, body)
             k += 9 + length
+        return out, rcrc
 
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -589,32 +618,6 @@ def _iter_mcap(path: Path, pool: BufferPool | None = None) -> Iterator[RawMessag
             if got < n:
                 raise Cut
             return into if into is not None else out
-
-        def uncompressed_chunk(rlen: int) -> tuple[list[RawMessage], int]:
-            """The records of an uncompressed chunk, read one by one; ``(messages, their bytes' CRC)``."""
-            out: list[RawMessage] = []
-            rcrc, k = 0, 0
-            while k < rlen:
-                if k + 9 > rlen:
-                    raise ValueError("corrupt chunk: a record header overruns it")
-                rh = read(9)
-                op, length = _OP_LEN.unpack(rh)
-                if k + 9 + length > rlen:
-                    raise ValueError(f"corrupt chunk: a record (opcode {op:#04x}) overruns it")
-                rcrc = crc32(rh, rcrc)
-                if op == Opcode.MESSAGE and length - 22 >= BufferPool.MIN_BYTES:  # a buffer of its own
-                    mh = read(22)
-                    channel, _, log_time, _ = _MESSAGE.unpack(mh)
-                    topic, msgtype, enc, definition = channels[channel]
-                    data = read(length - 22, pool.take(length - 22, topic))
-                    rcrc = crc32(data, crc32(mh, rcrc))
-                    out.append(RawMessage(topic, msgtype, log_time, memoryview(data), enc, definition))
-                else:
-                    body = read(length)
-                    rcrc = crc32(body, rcrc)
-                    out += record(op, body)
-                k += 9 + length
-            return out, rcrc
 
         while True:
             head = f.read(9)
@@ -637,7 +640,7 @@ def _iter_mcap(path: Path, pool: BufferPool | None = None) -> Iterator[RawMessag
                     if 40 + clen + rlen != length:
                         raise ValueError(f"records field of {rlen} bytes in a {length}-byte chunk")
                     if compression == "":
-                        messages, got = uncompressed_chunk(rlen)
+                        messages, got = chunk_messages(rlen, read, lambda n, topic: read(n, pool.take(n, topic)))
                         if crc32_combine is not None:
                             crc = crc32_combine(crc32(fixed, crc32(head, crc)), got, rlen)
                             covered = True
@@ -646,15 +649,15 @@ def _iter_mcap(path: Path, pool: BufferPool | None = None) -> Iterator[RawMessag
                         if compression == "zstd":
                             import zstandard
 
-                            records = memoryview(zstandard.decompress(body, usize))
+                            records = zstandard.decompress(body, usize)
                         elif compression == "lz4":
                             import lz4.frame
 
-                            records = memoryview(lz4.frame.decompress(body))
+                            records = lz4.frame.decompress(body)
                         else:
                             raise ValueError(f"unknown chunk compression {compression!r}")
-                        got = crc32(records)
-                        messages = list(chunk_records(records))
+                        mem = _memory_reader(records)
+                        messages, got = chunk_messages(len(records), mem, lambda n, _: mem(n))
                         crc, covered = crc32(body, crc32(fixed, crc32(head, crc))), True
                     if stored and got != stored:
                         raise RecordingError(path, pos, f"chunk CRC mismatch ({stored:#x} stored, {got:#x} read)")
@@ -769,13 +772,31 @@ def _iter_rosbag1(path: Path, pool: BufferPool | None = None) -> Iterator[RawMes
         conns[_U32.unpack(hdr["conn"])[0]] = (
             hdr["topic"].decode(), normalize_type(c["type"].decode()), c.get("message_definition", b"").decode())
 
-    def messages(b) -> Iterator[RawMessage]:  # the records of a chunk
-        for _, hdr, d0, d1 in _bag_records(b, 0, len(b)):
+    def chunk(at: int, dl: int, read, large) -> Iterator[RawMessage]:
+        """The messages of the chunk at ``at``: its ``dl`` record bytes from ``read(n)``, a large message's data
+        from ``large(n, topic)`` (a pooled buffer of its own, aligned per topic, for a chunk read from the file)."""
+        overrun = RecordingError(path, at, "corrupt chunk: a record overruns it")
+        k = 0
+        while k < dl:
+            if k + 4 > dl:
+                raise overrun
+            (hl,) = _U32.unpack(read(4))
+            if k + 8 + hl > dl:
+                raise overrun
+            head = read(hl + 4)
+            (rdl,) = _U32.unpack_from(head, hl)
+            if k + 8 + hl + rdl > dl:
+                raise overrun
+            hdr = _bag_header(head, 0, hl)
             op = hdr.get("op", b"\0")[0]
-            if op == 0x07:
-                connection(hdr, b, d0, d1)
-            elif op == 0x02:  # message data
-                yield message(hdr, b[d0:d1])
+            if op == 0x02:  # message data
+                topic = conns[_U32.unpack(hdr["conn"])[0]][0]
+                yield message(hdr, large(rdl, topic) if rdl >= BufferPool.MIN_BYTES else read(rdl))
+            elif op == 0x07:
+                connection(hdr, read(rdl), 0, rdl)
+            else:
+                read(rdl)
+            k += 8 + hl + rdl
 
     def message(hdr, data) -> RawMessage:
         topic, msgtype, definition = conns[_U32.unpack(hdr["conn"])[0]]
@@ -805,36 +826,15 @@ def _iter_rosbag1(path: Path, pool: BufferPool | None = None) -> Iterator[RawMes
                 f.seek(dl, 1)
                 return hdr, b""
             if op == 0x05 and hdr.get("compression") == b"none":
-                return hdr, dl  # read record by record: inline_chunk
+                return hdr, dl  # read record by record by ``chunk``
             data = pool.take(dl)  # writable: clouds decoded from it can be its views
             f.readinto(data)
             return hdr, memoryview(data)
 
-        def inline_chunk(at: int, dl: int) -> Iterator[RawMessage]:
-            """The messages of the uncompressed chunk at ``at`` (its ``dl`` data bytes next in the file), read
-            record by record: a large message into a pooled buffer of its own, aligned per topic."""
-            k = 0
-            while k < dl:
-                (hl,) = _U32.unpack(f.read(4)) if k + 4 <= dl else (dl,)
-                head = f.read(hl + 4) if k + 8 + hl <= dl else b""
-                (rdl,) = _U32.unpack_from(head, hl) if head else (dl,)
-                if k + 8 + hl + rdl > dl:
-                    raise RecordingError(path, at, "corrupt chunk: a record overruns it")
-                hdr = _bag_header(head, 0, hl)
-                op = hdr.get("op", b"\0")[0]
-                if op == 0x02:
-                    topic = conns[_U32.unpack(hdr["conn"])[0]][0]
-                    if rdl >= BufferPool.MIN_BYTES:
-                        data = pool.take(rdl, topic)
-                        f.readinto(data)
-                        yield message(hdr, memoryview(data))
-                    else:
-                        yield message(hdr, f.read(rdl))
-                elif op == 0x07:
-                    connection(hdr, f.read(rdl), 0, rdl)
-                else:
-                    f.seek(rdl, 1)
-                k += 8 + hl + rdl
+        def pooled(n: int, topic: str) -> memoryview:
+            data = pool.take(n, topic)
+            f.readinto(data)
+            return memoryview(data)
 
         try:
             hdr, _ = record(pos)
@@ -860,20 +860,18 @@ def _iter_rosbag1(path: Path, pool: BufferPool | None = None) -> Iterator[RawMes
             while pos < end:
                 hdr, data = record(pos)
                 op = hdr.get("op", b"\0")[0]
-                if op == 0x05 and isinstance(data, int):  # an uncompressed chunk
-                    yield from inline_chunk(pos, data)
-                elif op == 0x05:  # chunk
+                if op == 0x05 and isinstance(data, int):  # an uncompressed chunk: from the file
+                    yield from chunk(pos, data, f.read, pooled)
+                elif op == 0x05:
                     comp = hdr["compression"].decode()
                     if comp == "bz2":
-                        data = memoryview(bz2.decompress(data))
+                        data = bz2.decompress(data)
                     elif comp == "lz4":
-                        data = memoryview(lz4.frame.decompress(data))
-                    elif comp != "none":
+                        data = lz4.frame.decompress(data)
+                    else:
                         raise ValueError(f"unknown chunk compression {comp!r}")
-                    try:
-                        yield from messages(data)
-                    except EOFError:
-                        raise RecordingError(path, pos, "corrupt chunk: a record overruns it") from None
+                    mem = _memory_reader(data)
+                    yield from chunk(pos, len(data), mem, lambda n, _: mem(n))
                 elif op == 0x07:  # unchunked connection
                     connection(hdr, data, 0, len(data))
                 elif op == 0x02:  # unchunked message
@@ -978,9 +976,12 @@ def prefetched(items: Iterator, depth: int) -> Iterator:
     import queue
     import threading
 
+    class Done:  # the end of ``items``, with the exception that ended it, if any
+        def __init__(self, error: BaseException | None = None) -> None:
+            self.error = error
+
     q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
     stop = threading.Event()
-    end = object()
 
     def put(x) -> bool:
         while not stop.is_set():
@@ -996,9 +997,9 @@ def prefetched(items: Iterator, depth: int) -> Iterator:
             for x in items:
                 if not put(x):
                     return
-            put((end, None))
+            put(Done())
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            put((end, e))
+            put(Done(e))
         finally:
             close = getattr(items, "close", None)
             if close is not None:
@@ -1009,9 +1010,9 @@ def prefetched(items: Iterator, depth: int) -> Iterator:
     try:
         while True:
             x = q.get()
-            if type(x) is tuple and len(x) == 2 and x[0] is end:
-                if x[1] is not None:
-                    raise x[1]
+            if type(x) is Done:
+                if x.error is not None:
+                    raise x.error
                 return
             yield x
     finally:

@@ -4,8 +4,8 @@ The recording: ``CLOUDS`` LiDAR sweeps at 10 Hz (KITTI 000001, 120,268 points, `
 16-byte points; a synthetic 124k-point HDL-64 sweep when ``../shared/data`` is absent), written with rosbags'
 writers as a ROS1 bag and a ROS2 MCAP (uncompressed, as recorders write by default). 10 s of sweeps: the
 rate is a throughput, and a reader's per-file set-up (the index, the rig pre-scan, its first read buffers:
-~5 ms here) is a small part of a recording of minutes; in a 3-s file it would be half of a warm ingest. Ours: open the file
-with :class:`perception.data.rosbag.RosbagReader` and stream every message, each sweep decoded and checked
+~5 ms here) is a small part of a recording of minutes; in a 3-s file it would be half of a warm ingest.
+Ours: open the file with :class:`perception.data.rosbag.RosbagReader` and stream every message, each sweep decoded and checked
 into a ``PointCloud``. Two peers: reading the file's bytes in 1 MiB blocks (from the page cache: a memory
 copy), and the format library reading every message's raw bytes (rosbags' ROS1 reader, mcap's reader); all warm
 (page cache), rounds interleaved. Then the same ingest and raw read from storage: the file's pages are dropped
