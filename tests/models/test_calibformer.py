@@ -8,7 +8,7 @@ from scipy.spatial.transform import Rotation
 
 from perception.geometry.cameras import PinholeCamera
 from perception.models.calibformer.data import (CalibInput, CalibSample, CalibSimDataset, CalibTarget, calib_input,
-                                                finite_points)
+                                                finite_points, unit_intensity)
 from perception.models.calibformer.geometry import (LCCNET_RANGE, Miscalibration, depth_image, quat_angle,
                                                     quat_from_matrix, quat_to_matrix, sample_miscalibration)
 from perception.models.calibformer.model import CalibFormer, local_correlation
@@ -56,6 +56,32 @@ def test_depth_image_keeps_the_nearest_point_per_pixel():
     assert d[0, 3, 7] == pytest.approx(0.5 / 2.0) and d[0, 3, 8] == pytest.approx(0.5 / 10.0)
     with pytest.raises(ValueError, match=r"\[N, 3\]"):
         depth_image(pts[:, :2], CAM)
+
+
+def test_depth_image_intensity_channel_is_the_nearest_points():
+    pts = torch.tensor([[0.0, 0.0, 4.0], [0.0, 0.0, 2.0], [1.0, 0.0, 10.0], [0.0, 0.0, -3.0]], dtype=torch.float64)
+    d = depth_image(pts, CAM, intensity=torch.tensor([0.9, 0.2, 0.7, 1.0]))
+    assert d.shape == (3, 8, 16)
+    assert d[2, 3, 7] == pytest.approx(0.2) and d[2, 3, 8] == pytest.approx(0.7)  # the nearest of two; the far one
+    assert d[2].sum() == pytest.approx(0.9)  # nothing from the point behind the camera
+    torch.testing.assert_close(d[:2], depth_image(pts, CAM))  # the depth channels are unchanged
+    with pytest.raises(ValueError, match="intensity must be"):
+        depth_image(pts, CAM, intensity=torch.zeros(3))
+
+
+def test_intensities_are_checked_and_scaled_to_unit_range():
+    img = torch.zeros(3, 8, 16)
+    x = CalibInput("t", img, CAM, np.ones((2, 3)), np.eye(4), np.array([0.1, 0.5]))
+    assert x.intensity.dtype == np.float32
+    with pytest.raises(ValueError, match="intensity must be finite"):
+        CalibInput("t", img, CAM, np.ones((2, 3)), np.eye(4), np.array([0.1, np.nan]))
+    with pytest.raises(ValueError, match="intensity must be finite"):
+        CalibInput("t", img, CAM, np.ones((2, 3)), np.eye(4), np.array([0.1]))
+    np.testing.assert_allclose(unit_intensity(np.array([0.0, 0.4, 1.0])), [0.0, 0.4, 1.0])  # KITTI: kept
+    np.testing.assert_allclose(unit_intensity(np.array([0.0, 51.0, 255.0])), [0.0, 0.2, 1.0])  # 8-bit
+    np.testing.assert_allclose(unit_intensity(np.array([0.0, 1000.0, 4000.0])), [0.0, 0.25, 1.0])  # larger: by max
+    pts, n_bad = finite_points(np.array([[1.0, 2.0, 3.0, 0.5], [1.0, 2.0, 3.0, np.nan]]), columns=4)
+    assert n_bad == 1 and pts.shape == (1, 4)
 
 
 def test_local_correlation_matches_a_direct_sum():
@@ -114,9 +140,21 @@ def test_calib_input_from_a_frame_uses_the_frame_calibration(sim_pairs):
     frame = SimSequence(7, SimConfig(frames=1, rigs=("navsim",)))[0].frame
     x, n_bad = calib_input(frame, "CAM_F0", (64, 32), max_points=1000)
     np.testing.assert_allclose(x.init, frame.calib.transform("CAM_F0", "LIDAR_TOP").matrix)
-    assert n_bad == 0 and len(x.points) == 1000
+    assert n_bad == 0 and len(x.points) == 1000 and x.intensity is None
     with pytest.raises(KeyError, match="no image from camera"):
         calib_input(frame, "CAM_B0", (64, 32))
+    # with intensities: the same points, each with its own intensity (lane markings bright, road dark)
+    xi, _ = calib_input(frame, "CAM_F0", (64, 32), max_points=1000, intensity=True)
+    np.testing.assert_array_equal(xi.points, x.points)
+    cloud = frame.lidar["LIDAR_TOP"]
+    assert xi.intensity.shape == (1000,) and 0.0 <= xi.intensity.min() and xi.intensity.max() <= 1.0
+    by_point = dict(zip(map(tuple, cloud.points[:, :3]), cloud.points[:, cloud.fields.index("intensity")]))
+    assert all(by_point[tuple(p)] == pytest.approx(i) for p, i in zip(xi.points[:20], xi.intensity[:20]))
+    from dataclasses import replace
+
+    bare = replace(frame, lidar={"LIDAR_TOP": replace(cloud, points=cloud.points[:, :3], fields=("x", "y", "z"))})
+    with pytest.raises(ValueError, match="reads LiDAR intensity"):
+        calib_input(bare, "CAM_F0", (64, 32), intensity=True)
 
 
 def test_untrained_model_starts_at_the_identity_correction(sim_pairs):
@@ -237,6 +275,38 @@ def test_cascade_runs_its_stages_in_turn_and_trains_one(sim_pairs, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(moved, cascade.stages[1].parameters()))
     with pytest.raises(ValueError, match="train_stage"):
         CalibCascade([kw], train_stage=2)
+
+
+def test_an_intensity_stage_starts_as_the_depth_only_network_it_is_loaded_from(sim_pairs, tmp_path):
+    """``init_from`` a depth-only checkpoint: the intensity channel's weights start at zero, so the stage predicts
+    what the depth-only network does; it then trains them. Without intensities in the inputs: a clear error."""
+    from perception.models.calibformer.cascade import CalibCascade
+
+    torch.manual_seed(0)
+    kw = dict(widths=(8, 16, 16, 16), feat_dim=16, dim=32, heads=2, corr_heads=2, enc_layers=1, dec_layers=1, iterations=1)
+    single = CalibFormer(**kw)
+    for p in single.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    torch.save({"state_dict": single.state_dict()}, tmp_path / "depth_only.pth")
+    cascade = CalibCascade([dict(kw, intensity=True)], init_from=str(tmp_path / "depth_only.pth")).eval()
+    single.eval()
+    assert cascade.reads_intensity and not single.reads_intensity
+    assert cascade.stages[0].depth_net.stages[0][0][0].weight.shape[1] == 3
+    with pytest.raises(ValueError, match="needs the points' intensities"):
+        cascade(**cascade.data_preprocessor([sim_pairs[0]]), mode="predict")
+    frames = CalibSimDataset(seeds=[7], frames=1, size=(64, 32), max_points=4000, fixed_seed=0, intensity=True)
+    batch = [frames[i] for i in range(3)]
+    np.testing.assert_array_equal(batch[1].inputs.points, sim_pairs[1].inputs.points)
+    data = cascade.data_preprocessor(batch)
+    assert data["inputs"].intensity is not None and cascade.stages[0].depth(data["inputs"], data["inputs"].init).shape[1] == 3
+    with torch.no_grad():
+        want = single.refine(data["inputs"])[-1].numpy()
+    np.testing.assert_allclose(np.stack([p.cam_from_lidar for p in cascade(**data, mode="predict")]), want, atol=1e-6)
+    cascade.train()
+    first = cascade.stages[0].depth_net.stages[0][0][0].weight
+    loss = sum(cascade(**cascade.data_preprocessor(batch, True), mode="loss").values())
+    loss.backward()
+    assert first.grad[:, 2].abs().sum() > 0  # the intensity channel learns
 
 
 def test_cascade_config_starts_both_stages_from_the_released_weights():

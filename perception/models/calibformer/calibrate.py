@@ -84,7 +84,7 @@ class Calibrator:
     def estimate_frame(self, frame: Frame, camera: str, init: np.ndarray, lidar: str | None = None) -> np.ndarray:
         """One frame's estimated ``[4, 4]`` camera-from-LiDAR, refined from ``init``."""
         size = model_size(frame.calib.cameras[camera], self.focal_px)
-        x, _ = calib_input(frame, camera, size, lidar=lidar, init=init)
+        x, _ = calib_input(frame, camera, size, lidar=lidar, init=init, intensity=self.model.reads_intensity)
         data = self.model.data_preprocessor([CalibSample(x)])
         return self.model.predict(data["inputs"], self.iterations)[0].cam_from_lidar
 

@@ -9,7 +9,9 @@ correlations see.
 
 Training trains one stage (``train_stage``) on the dataset's perturbations; the other stages are frozen.
 ``init_from`` (a checkpoint of one CalibFormer; a relative path not found from the working directory is
-taken from the repository root, as the configs name checkpoints) starts every stage from those weights.
+taken from the repository root, as the configs name checkpoints) starts every stage from those weights; a
+stage that reads more input channels than the checkpoint's network (``intensity=True`` after a depth-only
+network) gets the extra channels' weights at zero, so it starts as that network.
 """
 from __future__ import annotations
 
@@ -45,13 +47,18 @@ class CalibCascade(BaseModel):
                 path = Path(__file__).resolve().parents[3] / path
             state = load_checkpoint(path)["state_dict"]
             for stage in self.stages:
-                stage.load_state_dict(state)
+                stage.load_state_dict(_widened(state, stage.state_dict()))
         for i, stage in enumerate(self.stages):
             stage.requires_grad_(i == self.train_stage)
 
     @property
     def iterations(self) -> int:
         return sum(s.iterations for s in self.stages)
+
+    @property
+    def reads_intensity(self) -> bool:
+        """Whether a stage reads the LiDAR points' intensities (the inputs must carry them)."""
+        return any(s.reads_intensity for s in self.stages)
 
     def refine(self, batch: CalibBatch, iterations: int | None = None) -> torch.Tensor:
         """``[K+1, B, 4, 4]``: ``batch.init`` then the estimate after every iteration of every stage.
@@ -75,3 +82,15 @@ class CalibCascade(BaseModel):
     def predict(self, batch: CalibBatch, iterations: int | None = None) -> list[CalibPrediction]:
         steps = self.refine(batch, iterations).cpu().numpy()  # [K+1, B, 4, 4]
         return [CalibPrediction(tok, steps[-1, b], steps[0, b], steps[:, b]) for b, tok in enumerate(batch.tokens)]
+
+
+def _widened(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` fitted to a network ``own``: a convolution weight ``[O, I, k, k]`` for which ``own`` has more input
+    channels ``I' > I`` is zero-padded to ``[O, I', k, k]``; everything else is left for ``load_state_dict`` to check."""
+    out = dict(state)
+    for k, v in state.items():
+        o = own.get(k)
+        wider = o is not None and v.ndim == o.ndim == 4 and o.shape[1] > v.shape[1]
+        if wider and (o.shape[0], *o.shape[2:]) == (v.shape[0], *v.shape[2:]):
+            out[k] = torch.cat([v, v.new_zeros(v.shape[0], o.shape[1] - v.shape[1], *v.shape[2:])], 1)
+    return out

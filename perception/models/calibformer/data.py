@@ -4,7 +4,8 @@ One sample is one (camera, LiDAR) pair of one frame:
 
 - :class:`CalibInput` (what the car sees): the camera image preprocessed to the model's size
   (``image [3, H, W]`` float, ImageNet-normalised, by :class:`perception.pipeline.camera.CameraPreprocess`,
-  with the camera model rescaled to match), the LiDAR points ``[N, 3]`` in the LiDAR frame, and the
+  with the camera model rescaled to match), the LiDAR points ``[N, 3]`` in the LiDAR frame (optionally with their
+  ``intensity [N]`` in [0, 1]), and the
   *current* (possibly miscalibrated) extrinsic ``init [4, 4]`` camera-from-LiDAR;
 - :class:`CalibTarget` (ground truth, training and evaluation only): the true extrinsic.
 
@@ -33,13 +34,15 @@ from perception.structures import Frame
 @dataclass(frozen=True)
 class CalibInput:
     """One camera-LiDAR pair: ``image [3, H, W]`` float32 normalised, its ``camera`` at ``H x W``,
-    ``points [N, 3]`` float32 in the LiDAR frame (finite), ``init [4, 4]`` float64 camera-from-LiDAR."""
+    ``points [N, 3]`` float32 in the LiDAR frame (finite), ``init [4, 4]`` float64 camera-from-LiDAR, and optionally
+    the points' ``intensity [N]`` float32 in [0, 1] (for a model with ``intensity=True``)."""
 
     token: str
     image: torch.Tensor
     camera: CameraModel
     points: np.ndarray
     init: np.ndarray
+    intensity: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[0] != 3:
@@ -59,6 +62,11 @@ class CalibInput:
             raise ValueError(f"CalibInput ({self.token}): init must be a finite [4, 4] extrinsic, got {init.shape}")
         object.__setattr__(self, "points", np.ascontiguousarray(pts, np.float32))
         object.__setattr__(self, "init", init)
+        if self.intensity is not None:
+            i = np.asarray(self.intensity)
+            if i.shape != (len(pts),) or not np.isfinite(i).all():
+                raise ValueError(f"CalibInput ({self.token}): intensity must be finite [{len(pts)}], got {i.shape}")
+            object.__setattr__(self, "intensity", np.ascontiguousarray(i, np.float32))
 
 
 @dataclass(frozen=True)
@@ -74,20 +82,31 @@ class CalibSample:
     target: CalibTarget | None = None
 
 
-def finite_points(points: np.ndarray) -> tuple[np.ndarray, int]:
-    """``points [N, >=3]`` → finite xyz ``[M, 3]`` float32 and the number left out (documented fallback: NaN/inf dropped, counted)."""
+def finite_points(points: np.ndarray, columns: int = 3) -> tuple[np.ndarray, int]:
+    """``points [N, >=columns]`` → the rows whose first ``columns`` values are finite ``[M, columns]`` float32 and the
+    number left out (documented fallback: NaN/inf dropped, counted)."""
     pts = np.asarray(points)
-    if pts.ndim != 2 or pts.shape[1] < 3:
-        raise ValueError(f"finite_points: expected [N, >=3] points, got shape {pts.shape}")
-    ok = np.isfinite(pts[:, :3]).all(1)
-    return np.ascontiguousarray(pts[ok, :3], np.float32), int((~ok).sum())
+    if pts.ndim != 2 or pts.shape[1] < max(3, columns):
+        raise ValueError(f"finite_points: expected [N, >={max(3, columns)}] points, got shape {pts.shape}")
+    ok = np.isfinite(pts[:, :columns]).all(1)
+    return np.ascontiguousarray(pts[ok, :columns], np.float32), int((~ok).sum())
+
+
+def unit_intensity(values: np.ndarray) -> np.ndarray:
+    """LiDAR intensities ``[N]`` → [0, 1]: values already in [0, 1] (KITTI, the synthetic world) are kept, 8-bit
+    ones (most ROS drivers, 0-255) divided by 255, anything larger by its maximum."""
+    v = np.asarray(values, np.float32)
+    top = float(v.max(initial=0.0))
+    scale = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else top
+    return np.clip(v / scale, 0.0, 1.0)
 
 
 def view_points(points: np.ndarray, cam_from_lidar: np.ndarray, camera: CameraModel, margin_deg: float = 25.0,
                 max_depth: float = 80.0, max_points: int | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
-    """The points ``[M, 3]`` (LiDAR frame) within ``margin_deg`` of the camera's view and ``max_depth`` of it, at most
-    ``max_points`` of them (a uniform random subset). The margin keeps points a miscalibration can bring into view."""
-    cam = points.astype(np.float64) @ cam_from_lidar[:3, :3].T + cam_from_lidar[:3, 3]
+    """The rows ``[M, C]`` of ``points [N, C]`` (xyz first, LiDAR frame) within ``margin_deg`` of the camera's view and
+    ``max_depth`` of it, at most ``max_points`` of them (a uniform random subset). The margin keeps points a
+    miscalibration can bring into view."""
+    cam = points[:, :3].astype(np.float64) @ cam_from_lidar[:3, :3].T + cam_from_lidar[:3, 3]
     fx = getattr(camera, "fx", None)
     z = cam[:, 2]
     keep = (z > 0.1) & (np.linalg.norm(cam, axis=1) < max_depth)
@@ -102,11 +121,13 @@ def view_points(points: np.ndarray, cam_from_lidar: np.ndarray, camera: CameraMo
 
 
 def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | None = None,
-                init: np.ndarray | None = None, max_points: int | None = None) -> tuple[CalibInput, int]:
+                init: np.ndarray | None = None, max_points: int | None = None,
+                intensity: bool = False) -> tuple[CalibInput, int]:
     """``frame``'s ``camera`` and ``lidar`` (default: the only LiDAR) as a :class:`CalibInput` at ``size = (W, H)``.
 
-    ``init`` is the extrinsic to start from (default: the frame's own calibration). Returns the input and the
-    number of non-finite points left out.
+    ``init`` is the extrinsic to start from (default: the frame's own calibration). ``intensity``: carry the
+    points' intensities (:func:`unit_intensity`; the cloud must have an ``intensity`` field). Returns the input
+    and the number of points left out for a non-finite coordinate (or intensity).
     """
     from perception.pipeline.camera import CameraConfig, CameraPreprocess
 
@@ -119,7 +140,13 @@ def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | N
     cloud = frame.lidar[lidar]
     if cloud.frame_id != lidar:
         raise ValueError(f"calib_input ({frame.token}): points of {lidar!r} are in frame {cloud.frame_id!r}, want the sensor frame")
-    pts, n_bad = finite_points(cloud.points)
+    raw = cloud.points
+    if intensity:
+        if "intensity" not in cloud.fields:
+            raise ValueError(f"calib_input ({frame.token}): the model reads LiDAR intensity but {lidar!r} has fields "
+                             f"{cloud.fields}")
+        raw = np.column_stack([raw[:, :3], raw[:, cloud.fields.index("intensity")]])
+    pts, n_bad = finite_points(raw, raw.shape[1] if intensity else 3)
     if len(pts) == 0:
         raise ValueError(f"calib_input ({frame.token}): LiDAR {lidar!r} has no finite points ({n_bad} non-finite)")
     cam = CameraPreprocess(CameraConfig(size=tuple(size))).process(frame.cameras[camera])
@@ -128,7 +155,8 @@ def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | N
                          "cannot be rescaled")
     t = frame.calib.transform(camera, lidar).matrix if init is None else np.asarray(init, np.float64)
     pts = view_points(pts, t, cam.camera, max_points=max_points)
-    return CalibInput(f"{frame.token}/{camera}", cam.image, cam.camera, pts, t), n_bad
+    inten = unit_intensity(pts[:, 3]) if intensity else None
+    return CalibInput(f"{frame.token}/{camera}", cam.image, cam.camera, pts[:, :3], t, inten), n_bad
 
 
 class CalibSimDataset(Dataset):
@@ -139,14 +167,15 @@ class CalibSimDataset(Dataset):
     ``fixed_seed``: None draws fresh perturbations on every call (training); an int makes sample ``i``'s
     perturbation a function of ``(fixed_seed, i)`` (evaluation). ``cache_dir`` keeps the compact pairs
     (``calib_<key>.pkl``) on disk, ``sim_cache_dir`` the rendered frames (``SimDataset``'s cache; with
-    ``sim_frames=30`` the GaussianFusion config's renders are reused).
+    ``sim_frames=30`` the GaussianFusion config's renders are reused). ``intensity``: the samples carry the
+    points' intensities too.
     """
 
     def __init__(self, seeds: Sequence[int] = (0,), frames: int = 4, cameras: Sequence[str] = ("CAM_L0", "CAM_F0", "CAM_R0"),
                  size: Sequence[int] = (160, 96), max_points: int = 20000,
                  ranges: Sequence[Sequence[float]] = (DEFAULT_RANGE,), fixed_seed: int | None = None,
                  cache_dir: str | Path | None = None, sim_cache_dir: str | Path | None = None,
-                 sim_frames: int | None = None) -> None:
+                 sim_frames: int | None = None, intensity: bool = False) -> None:
         self.seeds, self.frames = [int(s) for s in seeds], int(frames)
         self.cameras, self.size = tuple(cameras), (int(size[0]), int(size[1]))
         self.max_points = int(max_points)
@@ -159,16 +188,19 @@ class CalibSimDataset(Dataset):
         self.sim_frames = int(sim_frames or frames)  # length of the simulated sequences (shares SimDataset's cache)
         if self.frames > self.sim_frames:
             raise ValueError(f"CalibSimDataset: frames={frames} > sim_frames={self.sim_frames}")
+        self.intensity = bool(intensity)
         self.metainfo = {"source": "sim", "cameras": self.cameras}
         self._pairs: list | None = None
         self._rng = np.random.default_rng()
 
     def _key(self) -> str:
         spec = (self.seeds, self.frames, self.sim_frames, self.cameras, self.size, self.max_points)
+        if self.intensity:  # (the key of a cache without intensities stays what it was)
+            spec += ("intensity",)
         return hashlib.sha1(repr(spec).encode()).hexdigest()[:12]
 
-    def pairs(self) -> list[tuple[str, torch.Tensor, CameraModel, np.ndarray, np.ndarray]]:
-        """``(token, image, camera, points, true extrinsic)`` per pair, built once (and cached on disk)."""
+    def pairs(self) -> list[tuple]:
+        """``(token, image, camera, points, true extrinsic[, intensity])`` per pair, built once (and cached on disk)."""
         if self._pairs is not None:
             return self._pairs
         path = self.cache_dir / f"calib_{self._key()}.pkl" if self.cache_dir is not None else None
@@ -186,8 +218,9 @@ class CalibSimDataset(Dataset):
             for k in range(self.frames):
                 frame = sim[s * self.sim_frames + k].frame
                 for cam in self.cameras:
-                    x, _ = calib_input(frame, cam, self.size, max_points=self.max_points)
-                    pairs.append((x.token, x.image.half(), x.camera, x.points, x.init))
+                    x, _ = calib_input(frame, cam, self.size, max_points=self.max_points, intensity=self.intensity)
+                    pairs.append((x.token, x.image.half(), x.camera, x.points, x.init)
+                                 + ((x.intensity,) if self.intensity else ()))
         if path is not None:
             import os
             import pickle
@@ -205,11 +238,12 @@ class CalibSimDataset(Dataset):
     def __getitem__(self, i: int) -> CalibSample:
         if not 0 <= i < len(self):
             raise IndexError(f"CalibSimDataset: index {i} out of range for {len(self)} samples")
-        token, image, camera, points, truth = self.pairs()[i]
+        token, image, camera, points, truth, *inten = self.pairs()[i]
         rng = self._rng if self.fixed_seed is None else np.random.default_rng([self.fixed_seed, i])
         max_deg, max_m = self.ranges[int(rng.integers(len(self.ranges)))]
         init = sample_miscalibration(rng, max_deg, max_m).apply(truth)
-        return CalibSample(CalibInput(token, image.float(), camera, points, init), CalibTarget(truth))
+        x = CalibInput(token, image.float(), camera, points, init, inten[0] if inten else None)
+        return CalibSample(x, CalibTarget(truth))
 
 
 def collate_calib(batch: list[CalibSample]) -> list[CalibSample]:

@@ -122,15 +122,19 @@ def quat_angle(q_pred: torch.Tensor, q_true: torch.Tensor) -> torch.Tensor:
 # --- sparse depth image ---------------------------------------------------------------------
 
 def depth_image(points_cam: torch.Tensor, camera: CameraModel, max_depth: float = 80.0,
-                min_depth: float = 0.5, ref_depth: float | None = None) -> torch.Tensor:
+                min_depth: float = 0.5, ref_depth: float | None = None,
+                intensity: torch.Tensor | None = None) -> torch.Tensor:
     """LiDAR points ``points_cam [N, 3]`` (camera frame) → ``[2, H, W]``: inverse depth (``min(1, ref_depth / z)``
-    of the nearest point per pixel, ``ref_depth`` defaulting to ``min_depth``; 0 where none) and occupancy.
+    of the nearest point per pixel, ``ref_depth`` defaulting to ``min_depth``; 0 where none) and occupancy;
+    with ``intensity [N]`` (in [0, 1]) a third channel, the nearest point's intensity → ``[3, H, W]``.
 
     Projection is ``camera.project`` (any camera model). Points behind ``min_depth``, beyond
     ``max_depth``, non-finite or outside the image are left out.
     """
     if points_cam.ndim != 2 or points_cam.shape[1] != 3:
         raise ValueError(f"depth_image: expected points [N, 3], got {tuple(points_cam.shape)}")
+    if intensity is not None and tuple(intensity.shape) != (len(points_cam),):
+        raise ValueError(f"depth_image: intensity must be [{len(points_cam)}], got {tuple(intensity.shape)}")
     H, W = camera.height, camera.width
     uv, valid = camera.project(points_cam)
     z = points_cam[:, 2]
@@ -142,4 +146,8 @@ def depth_image(points_cam: torch.Tensor, camera: CameraModel, max_depth: float 
     hit = torch.isfinite(nearest)
     ref = min_depth if ref_depth is None else ref_depth
     inv = torch.where(hit, (ref / nearest.clamp_min(min_depth)).clamp_max(1.0), torch.zeros_like(nearest))
-    return torch.stack([inv, hit.to(inv.dtype)]).reshape(2, H, W)
+    channels = [inv, hit.to(inv.dtype)]
+    if intensity is not None:  # the intensity of the point that set the pixel's depth
+        front = z[valid] == nearest[flat]
+        channels.append(torch.zeros_like(inv).index_put_((flat[front],), intensity[valid][front].to(inv.dtype)))
+    return torch.stack(channels).reshape(len(channels), H, W)

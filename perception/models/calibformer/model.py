@@ -7,7 +7,10 @@ Camera Self-Calibration using Cost Volume Network", CVPRW 2021, github.com/IIPCV
 
 1. **Inputs**: the camera image and the LiDAR sweep projected through the current (miscalibrated)
    extrinsic into a sparse depth image ``[2, H, W]`` (inverse depth of the nearest point, occupancy),
-   both at the model's resolution (:func:`.geometry.depth_image`, through the camera model).
+   both at the model's resolution (:func:`.geometry.depth_image`, through the camera model). Optionally
+   (``intensity=True``, our addition) a third channel, the nearest point's LiDAR intensity: ground
+   texture (lane markings, kerbs) that the camera sees too, where a flat road's depth is the same
+   wherever the LiDAR sits.
 2. **Feature extractors** (one per modality, same layout): four stride-2 stages to 1/16; the 1/4,
    1/8 and 1/16 features are projected, upsampled and summed into one 1/4-resolution map ``[B, C, H/4, W/4]``
    (multi-layer aggregation into a high-resolution representation). The inverse depth is
@@ -62,13 +65,15 @@ from perception.models.calibformer.geometry import (depth_image, quat_angle, qua
 @dataclass
 class CalibBatch:
     """Model input: ``image [B, 3, H, W]``, the sweeps ``points`` (``B x [N_b, 3]`` LiDAR frame), their ``cameras``
-    (all ``H x W``), ``init [B, 4, 4]`` float64 camera-from-LiDAR, and the pairs' ``tokens``."""
+    (all ``H x W``), ``init [B, 4, 4]`` float64 camera-from-LiDAR, the pairs' ``tokens``, and the points'
+    ``intensity`` (``B x [N_b]``; None unless every sample carries it)."""
 
     image: torch.Tensor
     points: list[torch.Tensor]
     cameras: list[CameraModel]
     init: torch.Tensor
     tokens: list[str]
+    intensity: list[torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,9 +97,12 @@ class CalibPreprocessor(BaseDataPreprocessor):
         if len(sizes) != 1:
             raise ValueError(f"CalibPreprocessor: a batch needs one image size, got {sorted(sizes)}")
         x = [s.inputs for s in data]
+        inten = None
+        if all(i.intensity is not None for i in x):
+            inten = [torch.from_numpy(i.intensity).to(self.device) for i in x]
         batch = CalibBatch(torch.stack([i.image for i in x]).to(self.device),
                            [torch.from_numpy(i.points).to(self.device) for i in x], [i.camera for i in x],
-                           torch.from_numpy(np.stack([i.init for i in x])).to(self.device), [i.token for i in x])
+                           torch.from_numpy(np.stack([i.init for i in x])).to(self.device), [i.token for i in x], inten)
         return {"inputs": batch, "data_samples": [s.target for s in data]}
 
 
@@ -149,7 +157,8 @@ class CalibFormer(BaseModel):
                  corr_heads: int = 4, window: int = 4, enc_layers: int = 2, dec_layers: int = 2, t_scale: float = 0.1,
                  iterations: int = 3, max_depth: float = 80.0, ref_depth: float = 2.0, w_rot: float = 30.0,
                  w_trans: float = 20.0, w_pc: float = 2.0, pc_points: int = 1024, flow: bool = False,
-                 w_flow: float = 0.5, flow_scale: float = 8.0, pnp: str = "none", pnp_points: int = 2000) -> None:
+                 w_flow: float = 0.5, flow_scale: float = 8.0, pnp: str = "none", pnp_points: int = 2000,
+                 intensity: bool = False) -> None:
         super().__init__(data_preprocessor=CalibPreprocessor())
         if pnp not in ("rotation", "full", "none"):
             raise ValueError(f"CalibFormer.pnp: 'rotation', 'full' or 'none', got {pnp!r}")
@@ -157,8 +166,9 @@ class CalibFormer(BaseModel):
         self.iterations, self.max_depth, self.ref_depth = iterations, max_depth, ref_depth
         self.w_rot, self.w_trans, self.w_pc, self.pc_points = w_rot, w_trans, w_pc, pc_points
         self.w_flow, self.flow_scale, self.pnp, self.pnp_points = w_flow, flow_scale, pnp, pnp_points
+        self.intensity = intensity
         self.image_net = FeatureExtractor(3, widths, feat_dim)
-        self.depth_net = FeatureExtractor(2, widths, feat_dim)
+        self.depth_net = FeatureExtractor(3 if intensity else 2, widths, feat_dim)
         k = (2 * window + 1) ** 2
         self.fuse = nn.Sequential(nn.Conv2d(corr_heads * k + 2 * feat_dim, dim, 1), nn.ReLU(inplace=True),
                                   _conv(dim, dim, 2), _conv(dim, dim))  # 1/4 → 1/8 tokens
@@ -184,13 +194,24 @@ class CalibFormer(BaseModel):
             nn.init.zeros_(head[-1].bias)
         self._rays: dict = {}
 
+    @property
+    def reads_intensity(self) -> bool:
+        """Whether the LiDAR image has the intensity channel (the inputs must carry the points' intensities)."""
+        return self.intensity
+
     # --- inputs ---------------------------------------------------------------------------------
     def depth(self, batch: CalibBatch, cam_from_lidar: torch.Tensor) -> torch.Tensor:
-        """Sparse depth images ``[B, 2, H, W]`` of the sweeps through ``cam_from_lidar [B, 4, 4]``."""
+        """Sparse depth images ``[B, 2, H, W]`` (``[B, 3, H, W]`` with ``intensity``) of the sweeps through
+        ``cam_from_lidar [B, 4, 4]``."""
+        if self.intensity and batch.intensity is None:
+            raise ValueError("CalibFormer(intensity=True) needs the points' intensities: build the inputs with "
+                             "calib_input(..., intensity=True) or CalibSimDataset(intensity=True)")
         out = []
-        for pts, cam, t in zip(batch.points, batch.cameras, cam_from_lidar):
+        for b, (pts, cam, t) in enumerate(zip(batch.points, batch.cameras, cam_from_lidar)):
             t = t.to(pts.dtype)
-            out.append(depth_image(pts @ t[:3, :3].T + t[:3, 3], cam, self.max_depth, ref_depth=self.ref_depth))
+            inten = batch.intensity[b] if self.intensity else None
+            out.append(depth_image(pts @ t[:3, :3].T + t[:3, 3], cam, self.max_depth, ref_depth=self.ref_depth,
+                                   intensity=inten))
         return torch.stack(out)
 
     def rays(self, camera: CameraModel, h: int, w: int, device) -> torch.Tensor:
