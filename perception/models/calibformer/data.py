@@ -140,13 +140,15 @@ def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | N
     cloud = frame.lidar[lidar]
     if cloud.frame_id != lidar:
         raise ValueError(f"calib_input ({frame.token}): points of {lidar!r} are in frame {cloud.frame_id!r}, want the sensor frame")
-    raw = cloud.points
+    cols = [0, 1, 2]
     if intensity:
         if "intensity" not in cloud.fields:
             raise ValueError(f"calib_input ({frame.token}): the model reads LiDAR intensity but {lidar!r} has fields "
                              f"{cloud.fields}")
-        raw = np.column_stack([raw[:, :3], raw[:, cloud.fields.index("intensity")]])
-    pts, n_bad = finite_points(raw, raw.shape[1] if intensity else 3)
+        cols.append(cloud.fields.index("intensity"))
+    pts, n_bad = finite_points(cloud.points[:, cols], len(cols))
+    if intensity:  # scaled over the whole sweep, so the scale does not depend on what the camera sees
+        pts[:, 3] = unit_intensity(pts[:, 3])
     if len(pts) == 0:
         raise ValueError(f"calib_input ({frame.token}): LiDAR {lidar!r} has no finite points ({n_bad} non-finite)")
     cam = CameraPreprocess(CameraConfig(size=tuple(size))).process(frame.cameras[camera])
@@ -155,8 +157,7 @@ def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | N
                          "cannot be rescaled")
     t = frame.calib.transform(camera, lidar).matrix if init is None else np.asarray(init, np.float64)
     pts = view_points(pts, t, cam.camera, max_points=max_points)
-    inten = unit_intensity(pts[:, 3]) if intensity else None
-    return CalibInput(f"{frame.token}/{camera}", cam.image, cam.camera, pts[:, :3], t, inten), n_bad
+    return CalibInput(f"{frame.token}/{camera}", cam.image, cam.camera, pts[:, :3], t, pts[:, 3] if intensity else None), n_bad
 
 
 class CalibSimDataset(Dataset):

@@ -166,7 +166,7 @@ class CalibFormer(BaseModel):
         self.iterations, self.max_depth, self.ref_depth = iterations, max_depth, ref_depth
         self.w_rot, self.w_trans, self.w_pc, self.pc_points = w_rot, w_trans, w_pc, pc_points
         self.w_flow, self.flow_scale, self.pnp, self.pnp_points = w_flow, flow_scale, pnp, pnp_points
-        self.intensity = intensity
+        self.reads_intensity = intensity  # the LiDAR image's third channel; the inputs must carry the intensities
         self.image_net = FeatureExtractor(3, widths, feat_dim)
         self.depth_net = FeatureExtractor(3 if intensity else 2, widths, feat_dim)
         k = (2 * window + 1) ** 2
@@ -194,22 +194,17 @@ class CalibFormer(BaseModel):
             nn.init.zeros_(head[-1].bias)
         self._rays: dict = {}
 
-    @property
-    def reads_intensity(self) -> bool:
-        """Whether the LiDAR image has the intensity channel (the inputs must carry the points' intensities)."""
-        return self.intensity
-
     # --- inputs ---------------------------------------------------------------------------------
     def depth(self, batch: CalibBatch, cam_from_lidar: torch.Tensor) -> torch.Tensor:
         """Sparse depth images ``[B, 2, H, W]`` (``[B, 3, H, W]`` with ``intensity``) of the sweeps through
         ``cam_from_lidar [B, 4, 4]``."""
-        if self.intensity and batch.intensity is None:
+        if self.reads_intensity and batch.intensity is None:
             raise ValueError("CalibFormer(intensity=True) needs the points' intensities: build the inputs with "
                              "calib_input(..., intensity=True) or CalibSimDataset(intensity=True)")
         out = []
         for b, (pts, cam, t) in enumerate(zip(batch.points, batch.cameras, cam_from_lidar)):
             t = t.to(pts.dtype)
-            inten = batch.intensity[b] if self.intensity else None
+            inten = batch.intensity[b] if self.reads_intensity else None
             out.append(depth_image(pts @ t[:3, :3].T + t[:3, 3], cam, self.max_depth, ref_depth=self.ref_depth,
                                    intensity=inten))
         return torch.stack(out)
