@@ -69,6 +69,22 @@ def test_depth_image_intensity_channel_is_the_nearest_points():
         depth_image(pts, CAM, intensity=torch.zeros(3))
 
 
+def test_depth_image_subpixel_channels_place_the_nearest_point_inside_its_pixel():
+    pts = torch.tensor([[0.03, 0.0, 4.0], [-0.04, 0.0, 2.0],  # both round to pixel (7, 3); the nearest is 0.2 px left
+                        [1.0, 0.1, 10.0]], dtype=torch.float64)  # (8, 3.1)
+    d = depth_image(pts, CAM, intensity=torch.tensor([0.9, 0.2, 0.7]), subpixel=True)
+    assert d.shape == (5, 8, 16)
+    assert d[3, 3, 7] == pytest.approx(-0.2) and d[4, 3, 7] == pytest.approx(0.0)
+    assert d[3, 3, 8] == pytest.approx(0.0) and d[4, 3, 8] == pytest.approx(0.1)
+    assert d[3:].abs().sum() == pytest.approx(0.3)  # nothing where no point is
+    torch.testing.assert_close(d[:3], depth_image(pts, CAM, intensity=torch.tensor([0.9, 0.2, 0.7])))
+    # a shift of a third of a pixel leaves the rounded channels as they were, and shows in the sub-pixel ones
+    moved = pts + torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) * pts[:, 2:] / 30.0  # fx 10: u + 1/3
+    e = depth_image(moved, CAM, subpixel=True)
+    torch.testing.assert_close(e[:2], d[:2])
+    torch.testing.assert_close(e[2] - d[3], torch.where(d[1] > 0, 1 / 3, 0.0).to(e.dtype))
+
+
 def test_intensities_are_checked_and_scaled_to_unit_range():
     img = torch.zeros(3, 8, 16)
     x = CalibInput("t", img, CAM, np.ones((2, 3)), np.eye(4), np.array([0.1, 0.5]))

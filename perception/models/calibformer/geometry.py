@@ -123,10 +123,13 @@ def quat_angle(q_pred: torch.Tensor, q_true: torch.Tensor) -> torch.Tensor:
 
 def depth_image(points_cam: torch.Tensor, camera: CameraModel, max_depth: float = 80.0,
                 min_depth: float = 0.5, ref_depth: float | None = None,
-                intensity: torch.Tensor | None = None) -> torch.Tensor:
+                intensity: torch.Tensor | None = None, subpixel: bool = False) -> torch.Tensor:
     """LiDAR points ``points_cam [N, 3]`` (camera frame) → ``[2, H, W]``: inverse depth (``min(1, ref_depth / z)``
     of the nearest point per pixel, ``ref_depth`` defaulting to ``min_depth``; 0 where none) and occupancy;
-    with ``intensity [N]`` (in [0, 1]) a third channel, the nearest point's intensity → ``[3, H, W]``.
+    with ``intensity [N]`` (in [0, 1]) a further channel, the nearest point's intensity; with ``subpixel`` two
+    more, where in its pixel the nearest point falls (``u - round(u)``, ``v - round(v)``, in [-0.5, 0.5]; 0 where
+    none) → ``[2 + intensity + 2 subpixel, H, W]``. Without them a shift smaller than a pixel shows only in which
+    pixels the points round to.
 
     Projection is ``camera.project`` (any camera model). Points behind ``min_depth``, beyond
     ``max_depth``, non-finite or outside the image are left out.
@@ -147,7 +150,10 @@ def depth_image(points_cam: torch.Tensor, camera: CameraModel, max_depth: float 
     ref = min_depth if ref_depth is None else ref_depth
     inv = torch.where(hit, (ref / nearest.clamp_min(min_depth)).clamp_max(1.0), torch.zeros_like(nearest))
     channels = [inv, hit.to(inv.dtype)]
-    if intensity is not None:  # the intensity of the point that set the pixel's depth
-        front = z[valid] == nearest[flat]
+    front = z[valid] == nearest[flat]  # the points that set their pixel's depth
+    if intensity is not None:
         channels.append(torch.zeros_like(inv).index_put_((flat[front],), intensity[valid][front].to(inv.dtype)))
+    if subpixel:
+        frac = (uv[valid] - uv[valid].round())[front].to(inv.dtype)  # [M, 2]
+        channels += [torch.zeros_like(inv).index_put_((flat[front],), frac[:, i]) for i in (0, 1)]
     return torch.stack(channels).reshape(len(channels), H, W)

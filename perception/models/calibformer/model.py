@@ -10,7 +10,9 @@ Camera Self-Calibration using Cost Volume Network", CVPRW 2021, github.com/IIPCV
    both at the model's resolution (:func:`.geometry.depth_image`, through the camera model). Optionally
    (``intensity=True``, our addition) a third channel, the nearest point's LiDAR intensity: ground
    texture (lane markings, kerbs) that the camera sees too, where a flat road's depth is the same
-   wherever the LiDAR sits.
+   wherever the LiDAR sits. With ``subpixel=True`` (ours) two more channels, where in its pixel the
+   nearest point falls: the rounding to pixels otherwise hides the sub-pixel shifts a few-centimetre
+   offset makes at this size.
 2. **Feature extractors** (one per modality, same layout): four stride-2 stages to 1/16; the 1/4,
    1/8 and 1/16 features are projected, upsampled and summed into one 1/4-resolution map ``[B, C, H/4, W/4]``
    (multi-layer aggregation into a high-resolution representation). The inverse depth is
@@ -158,7 +160,7 @@ class CalibFormer(BaseModel):
                  iterations: int = 3, max_depth: float = 80.0, ref_depth: float = 2.0, w_rot: float = 30.0,
                  w_trans: float = 20.0, w_pc: float = 2.0, pc_points: int = 1024, flow: bool = False,
                  w_flow: float = 0.5, flow_scale: float = 8.0, pnp: str = "none", pnp_points: int = 2000,
-                 intensity: bool = False) -> None:
+                 intensity: bool = False, subpixel: bool = False) -> None:
         super().__init__(data_preprocessor=CalibPreprocessor())
         if pnp not in ("rotation", "full", "none"):
             raise ValueError(f"CalibFormer.pnp: 'rotation', 'full' or 'none', got {pnp!r}")
@@ -167,8 +169,9 @@ class CalibFormer(BaseModel):
         self.w_rot, self.w_trans, self.w_pc, self.pc_points = w_rot, w_trans, w_pc, pc_points
         self.w_flow, self.flow_scale, self.pnp, self.pnp_points = w_flow, flow_scale, pnp, pnp_points
         self.reads_intensity = intensity  # the LiDAR image's third channel; the inputs must carry the intensities
+        self.subpixel = subpixel  # two more channels: the nearest point's offset inside its pixel
         self.image_net = FeatureExtractor(3, widths, feat_dim)
-        self.depth_net = FeatureExtractor(3 if intensity else 2, widths, feat_dim)
+        self.depth_net = FeatureExtractor(2 + int(intensity) + 2 * int(subpixel), widths, feat_dim)
         k = (2 * window + 1) ** 2
         self.fuse = nn.Sequential(nn.Conv2d(corr_heads * k + 2 * feat_dim, dim, 1), nn.ReLU(inplace=True),
                                   _conv(dim, dim, 2), _conv(dim, dim))  # 1/4 → 1/8 tokens
@@ -196,7 +199,7 @@ class CalibFormer(BaseModel):
 
     # --- inputs ---------------------------------------------------------------------------------
     def depth(self, batch: CalibBatch, cam_from_lidar: torch.Tensor) -> torch.Tensor:
-        """Sparse depth images ``[B, 2, H, W]`` (``[B, 3, H, W]`` with ``intensity``) of the sweeps through
+        """Sparse depth images ``[B, 2 + intensity + 2 subpixel, H, W]`` of the sweeps through
         ``cam_from_lidar [B, 4, 4]``."""
         if self.reads_intensity and batch.intensity is None:
             raise ValueError("CalibFormer(intensity=True) needs the points' intensities: build the inputs with "
@@ -206,7 +209,7 @@ class CalibFormer(BaseModel):
             t = t.to(pts.dtype)
             inten = batch.intensity[b] if self.reads_intensity else None
             out.append(depth_image(pts @ t[:3, :3].T + t[:3, 3], cam, self.max_depth, ref_depth=self.ref_depth,
-                                   intensity=inten))
+                                   intensity=inten, subpixel=self.subpixel))
         return torch.stack(out)
 
     def rays(self, camera: CameraModel, h: int, w: int, device) -> torch.Tensor:
