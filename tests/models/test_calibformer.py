@@ -173,11 +173,16 @@ def test_calib_input_from_a_frame_uses_the_frame_calibration(sim_pairs):
         calib_input(bare, "CAM_F0", (64, 32), intensity=True)
 
 
-def test_untrained_model_starts_at_the_identity_correction(sim_pairs):
+@pytest.mark.parametrize("subpixel", [False, True])
+def test_untrained_model_starts_at_the_identity_correction(sim_pairs, subpixel):
     model = CalibFormer(widths=(8, 16, 16, 16), feat_dim=16, dim=32, heads=2, corr_heads=2, enc_layers=1,
-                        dec_layers=1, iterations=2).eval()
+                        dec_layers=1, iterations=2, subpixel=subpixel).eval()
     batch = [sim_pairs[i] for i in range(3)]
     data = model.data_preprocessor(batch)
+    depth = model.depth(data["inputs"], data["inputs"].init)
+    assert depth.shape == (3, 4 if subpixel else 2, 32, 64)
+    if subpixel:  # the offsets inside the pixel, where a point is
+        assert depth[:, 2:].abs().max() <= 0.5 and (depth[:, 2:].abs().sum(1) > 0).sum() > 0.9 * depth[:, 1].sum()
     preds = model(**data, mode="predict")
     assert len(preds) == 3 and preds[0].steps.shape == (3, 4, 4)
     for p, s in zip(preds, batch):
