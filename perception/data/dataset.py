@@ -67,12 +67,16 @@ class SimDataset(Dataset):
     ``drop_sensors`` (sensor names, e.g. ``("LIDAR_TOP",)`` or ``("CAM_F0",)``) removes those sensors
     from every frame and lists them in ``Frame.missing``, as a failed sensor would: for measuring how
     a model copes. Unknown names are an error.
+
+    ``mount_jitter=(deg, m)`` mounts each sequence's cameras off the rig (rotated by up to ``deg`` and shifted by up
+    to ``m`` per axis, drawn from the seed; :func:`perception.sim.sensors.jittered`), so the camera-LiDAR extrinsic
+    differs from sequence to sequence: training data for calibration that cannot be solved by memorising the rig.
     """
 
     def __init__(self, seeds: Sequence[int] = (0, 1), frames: int = 8, lidar: str = "hdl64",
                  render_cameras: bool = False, rigs: Sequence[str] = ("navsim",), cache: bool = True,
                  sweeps: int = 0, cache_dir: str | Path | None = None, planning_scenes: bool = False,
-                 drop_sensors: Sequence[str] = ()) -> None:
+                 drop_sensors: Sequence[str] = (), mount_jitter: Sequence[float] | None = None) -> None:
         from perception.sim.scene import SimConfig
         from perception.sim.world import BOX_CLASSES
 
@@ -80,7 +84,9 @@ class SimDataset(Dataset):
             raise ValueError(f"SimDataset: need >= 1 seed and frame, got seeds={list(seeds)} frames={frames}")
         self.seeds = [int(s) for s in seeds]
         self.frames = int(frames)
-        self.config = SimConfig(frames=self.frames, lidar=lidar, rigs=tuple(rigs), render_cameras=render_cameras)
+        jitter = None if mount_jitter is None else (float(mount_jitter[0]), float(mount_jitter[1]))
+        self.config = SimConfig(frames=self.frames, lidar=lidar, rigs=tuple(rigs), render_cameras=render_cameras,
+                                mount_jitter=jitter)
         self.cache = cache
         if sweeps < 0:
             raise ValueError(f"SimDataset: sweeps must be >= 0, got {sweeps}")

@@ -20,7 +20,7 @@ from perception.geometry.se3 import SE3
 from perception.sim import world as W
 from perception.sim.ego import EgoMotion, plan_motion
 from perception.sim.render import LIDAR_FIELDS, lidar_sweep, render_camera, scene_at
-from perception.sim.sensors import LIDAR_MOUNT, RIGS, BeamPattern, SimCamera, hdl64, waymo_top
+from perception.sim.sensors import LIDAR_MOUNT, RIGS, BeamPattern, SimCamera, hdl64, jittered, waymo_top
 from perception.structures import (
     Boxes3D, Calibration, CameraImage, DepthMap, EgoPose, Frame, PointCloud, Sample, Targets, Trajectory,
 )
@@ -45,6 +45,7 @@ class SimConfig:
     bev_grid: BevGrid = field(default_factory=BevGrid)
     render_cameras: bool = True
     range_noise: float | None = None  # override the pattern's range noise (m)
+    mount_jitter: tuple[float, float] | None = None  # (deg, m): each sequence's cameras mounted off the rig (seeded)
 
     def beam_pattern(self) -> BeamPattern:
         pattern = {"hdl64": hdl64, "waymo_top": waymo_top}.get(self.lidar)
@@ -53,11 +54,16 @@ class SimConfig:
         p = pattern()
         return p if self.range_noise is None else replace(p, range_noise=self.range_noise)
 
-    def cameras(self) -> list[SimCamera]:
+    def cameras(self, seed: int | None = None) -> list[SimCamera]:
+        """The rigs' cameras; with ``mount_jitter`` and a sequence ``seed``, each mounted off its nominal pose
+        (:func:`~perception.sim.sensors.jittered`, drawn from the seed: the same sequence, the same mounts)."""
         unknown = [r for r in self.rigs if r not in RIGS]
         if unknown:
             raise ValueError(f"SimConfig.rigs: unknown {unknown}; choose from {tuple(RIGS)}")
-        return [c for r in self.rigs for c in RIGS[r]()]
+        cams = [c for r in self.rigs for c in RIGS[r]()]
+        if self.mount_jitter is None or seed is None:
+            return cams
+        return [jittered(c, np.random.default_rng([int(seed), 7919, j]), *self.mount_jitter) for j, c in enumerate(cams)]
 
 
 class SimSequence:
@@ -72,7 +78,7 @@ class SimSequence:
         self.motion: EgoMotion = plan_motion(self.world.route, rng, horizon, s_start=40.0)
         self._remove_conflicts(horizon)
         self.pattern = self.config.beam_pattern()
-        self.cameras = self.config.cameras()
+        self.cameras = self.config.cameras(self.seed)
         self.calib = Calibration(
             ego_from_sensor={LIDAR: LIDAR_MOUNT, **{c.name: c.ego_from_camera for c in self.cameras}},
             cameras={c.name: c.model for c in self.cameras},

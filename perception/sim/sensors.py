@@ -103,4 +103,15 @@ def fisheye_rig(size: int = 640) -> list[SimCamera]:
     ]
 
 
+def jittered(camera: SimCamera, rng: np.random.Generator, max_deg: float, max_m: float) -> SimCamera:
+    """``camera`` mounted off its nominal pose: rotated about its own centre by angles drawn per axis in
+    ``+-max_deg`` and shifted by up to ``+-max_m`` per axis (camera axes). A rig whose mounts vary like this leaves
+    nothing for a calibration network to memorise: the LiDAR's scan pattern no longer gives the extrinsic away."""
+    if max_deg < 0 or max_m < 0:
+        raise ValueError(f"jittered: max_deg and max_m must be >= 0, got {max_deg}, {max_m}")
+    r = Rotation.from_euler("xyz", rng.uniform(-max_deg, max_deg, 3), degrees=True).as_matrix()
+    delta = SE3.from_rt(r, rng.uniform(-max_m, max_m, 3))
+    return SimCamera(camera.name, camera.model, camera.ego_from_camera @ delta, camera.range_depth)
+
+
 RIGS = {"navsim": navsim_front_rig, "nuscenes": nuscenes_rig, "fisheye": fisheye_rig}

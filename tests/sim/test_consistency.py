@@ -1,6 +1,7 @@
 """The synthetic world agrees with itself: LiDAR vs depth maps, labels vs points, ego vs road, walls vs compensation."""
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from perception.geometry import se3
 from perception.geometry.boxes import points_in_boxes
@@ -42,6 +43,33 @@ def bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
 
 
 def test_lidar_agrees_with_every_camera_depth_map(seq, sample):
+    assert_lidar_agrees_with_depth_maps(seq, sample)
+
+
+def test_jittered_mounts_are_seeded_bounded_and_what_the_frames_carry():
+    """``mount_jitter``: each camera off its nominal mount by at most the given angle per axis and shift per axis,
+    the same for the same seed, different for another; the frames' calibration is the jittered one, and the
+    rendered depth maps agree with the LiDAR through it."""
+    cfg = SimConfig(frames=1, layout="curve", rigs=("navsim",), mount_jitter=(10.0, 0.25))
+    nominal = {c.name: c.ego_from_camera.matrix for c in SimConfig(rigs=("navsim",)).cameras()}
+    mounts = {c.name: c.ego_from_camera.matrix for c in cfg.cameras(7)}
+    assert {c.name: c.ego_from_camera.matrix.tolist() for c in cfg.cameras(7)} == {k: v.tolist() for k, v in mounts.items()}
+    assert not np.allclose(cfg.cameras(8)[0].ego_from_camera.matrix, mounts["CAM_L0"])
+    for name, m in mounts.items():
+        d = np.linalg.inv(nominal[name]) @ m  # the offset in camera axes
+        angles = np.degrees(Rotation.from_matrix(d[:3, :3]).as_euler("xyz"))
+        assert 0.5 < np.abs(angles).max() <= 10.0 + 1e-9 and np.abs(d[:3, 3]).max() <= 0.25 + 1e-12
+    assert [c.ego_from_camera.matrix.tolist() for c in cfg.cameras()] == [m.tolist() for m in nominal.values()]
+    jseq = SimSequence(7, cfg)
+    jsample = jseq[0]
+    for name, m in mounts.items():
+        np.testing.assert_allclose(jsample.frame.calib.ego_from_sensor[name].matrix, m)
+    assert_lidar_agrees_with_depth_maps(jseq, jsample)
+    with pytest.raises(ValueError, match=">= 0"):
+        SimConfig(rigs=("navsim",), mount_jitter=(-1.0, 0.1)).cameras(7)
+
+
+def assert_lidar_agrees_with_depth_maps(seq, sample):
     f, tg = sample.frame, sample.targets
     pts_w = compensated_world_points(seq, sample)
     moving = np.linalg.norm(tg.boxes.velocity, axis=1) > 0.05

@@ -169,14 +169,16 @@ class CalibSimDataset(Dataset):
     perturbation a function of ``(fixed_seed, i)`` (evaluation). ``cache_dir`` keeps the compact pairs
     (``calib_<key>.pkl``) on disk, ``sim_cache_dir`` the rendered frames (``SimDataset``'s cache; with
     ``sim_frames=30`` the GaussianFusion config's renders are reused). ``intensity``: the samples carry the
-    points' intensities too.
+    points' intensities too. ``mount_jitter=(deg, m)``: every sequence's cameras mounted off the rig
+    (``SimDataset``), so the true extrinsic varies and the LiDAR's scan pattern does not give it away.
     """
 
     def __init__(self, seeds: Sequence[int] = (0,), frames: int = 4, cameras: Sequence[str] = ("CAM_L0", "CAM_F0", "CAM_R0"),
                  size: Sequence[int] = (160, 96), max_points: int = 20000,
                  ranges: Sequence[Sequence[float]] = (DEFAULT_RANGE,), fixed_seed: int | None = None,
                  cache_dir: str | Path | None = None, sim_cache_dir: str | Path | None = None,
-                 sim_frames: int | None = None, intensity: bool = False) -> None:
+                 sim_frames: int | None = None, intensity: bool = False,
+                 mount_jitter: Sequence[float] | None = None) -> None:
         self.seeds, self.frames = [int(s) for s in seeds], int(frames)
         self.cameras, self.size = tuple(cameras), (int(size[0]), int(size[1]))
         self.max_points = int(max_points)
@@ -188,6 +190,7 @@ class CalibSimDataset(Dataset):
         if self.frames > self.sim_frames:
             raise ValueError(f"CalibSimDataset: frames={frames} > sim_frames={self.sim_frames}")
         self.intensity = bool(intensity)
+        self.mount_jitter = None if mount_jitter is None else (float(mount_jitter[0]), float(mount_jitter[1]))
         self.metainfo = {"source": "sim", "cameras": self.cameras}
         self._pairs: list | None = None
         self._rng = np.random.default_rng()
@@ -208,6 +211,8 @@ class CalibSimDataset(Dataset):
         spec = (self.seeds, self.frames, self.sim_frames, self.cameras, self.size, self.max_points)
         if self.intensity:  # (the key of a cache without intensities stays what it was)
             spec += ("intensity",)
+        if self.mount_jitter is not None:
+            spec += (("mount_jitter", self.mount_jitter),)
         return hashlib.sha1(repr(spec).encode()).hexdigest()[:12]
 
     def pairs(self) -> list[tuple]:
@@ -223,7 +228,7 @@ class CalibSimDataset(Dataset):
         from perception.data.dataset import SimDataset
 
         sim = SimDataset(self.seeds, frames=self.sim_frames, lidar="hdl64", render_cameras=True, rigs=("navsim",),
-                         cache=False, cache_dir=self.sim_cache_dir)
+                         cache=False, cache_dir=self.sim_cache_dir, mount_jitter=self.mount_jitter)
         pairs = []
         for s in range(len(self.seeds)):
             for k in range(self.frames):

@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Which of a CalibFormer's corrections come from the camera: the held-out pairs scored as they are, then with
+every pair's camera image swapped for another frame's image from the same camera (the LiDAR input unchanged).
+
+    python tools/calib_control.py configs/calibformer/calibformer_flow_sim_cpu.py checkpoints/calibformer_flow_sim_cpu.safetensors
+
+A calibration network must get worse without its own image. Where an error stays as low with another frame's
+image, that part was read from the LiDAR alone: on a fixed synthetic rig the scan pattern (rings on the ground
+around the LiDAR) gives its pitch, roll and position relative to a camera that is always mounted the same way, so
+a network can learn the rig instead of matching the image. Prints (and with ``--json`` writes) the per-axis means
+of both runs (``perception.eval.calibration``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from perception.engine.cli import clean_errors  # noqa: E402
+
+KEYS = ("rot_geodesic_deg_mean", "rot_pitch_deg_mean", "rot_yaw_deg_mean", "rot_roll_deg_mean",
+        "trans_norm_cm_mean", "trans_x_cm_mean", "trans_y_cm_mean", "trans_z_cm_mean")
+
+
+def swap_images(samples: list, shift: int) -> list:
+    """Each sample with the image of the sample ``shift`` places on (the list wraps around), which must be of the
+    same camera (token ``<frame>/<camera>``, same camera model): ``CalibSimDataset`` orders pairs frame-major over
+    its cameras, so a shift that is a multiple of the camera count keeps the camera. Everything else (LiDAR,
+    start, truth) is the sample's own."""
+    n = len(samples)
+    if n < 2 or shift % n == 0:
+        raise ValueError(f"swap_images: need >= 2 samples and a shift that is not a multiple of {n}, got {shift}")
+    out = []
+    for i, s in enumerate(samples):
+        other = samples[(i + shift) % n].inputs
+        if other.token.rsplit("/", 1)[-1] != s.inputs.token.rsplit("/", 1)[-1] or other.camera != s.inputs.camera:
+            raise ValueError(f"swap_images: {s.inputs.token} and {other.token} are not the same camera; "
+                             "use a shift that is a multiple of the number of cameras")
+        out.append(replace(s, inputs=replace(s.inputs, image=other.image)))
+    return out
+
+
+def evaluate(model, samples: list, batch_size: int = 16) -> dict[str, float]:
+    """Per-axis and norm means of ``model``'s final estimates over ``samples`` against their truth."""
+    import torch
+
+    from perception.eval.calibration import calibration_errors, summarize
+
+    est, gt = [], []
+    for s in range(0, len(samples), batch_size):
+        batch = samples[s:s + batch_size]
+        with torch.no_grad():
+            est += [p.cam_from_lidar for p in model(**model.data_preprocessor(batch), mode="predict")]
+        gt += [b.target.cam_from_lidar for b in batch]
+    m = summarize(calibration_errors(np.stack(est), np.stack(gt)))
+    return {k: round(float(m[k]), 3) for k in KEYS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--shift", type=int, default=9, help="pair offset of the swapped image (default 9: the same "
+                   "camera 3 frames on, with the 3-camera rig)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    from mmengine.config import Config
+
+    from perception.pipeline.model_stage import ModelStage
+
+    model = ModelStage(args.config, args.checkpoint, carry=False).model
+    ds = dict(Config.fromfile(args.config).test_dataloader.dataset)
+    dataset = ds.pop("type")(**ds)
+    samples = [dataset[i] for i in range(len(dataset))]
+    init = evaluate_init(samples)
+    own = evaluate(model, samples)
+    swapped = evaluate(model, swap_images(samples, args.shift))
+    out = {"pairs": len(samples), "initial": init, "own image": own, "another frame's image": swapped}
+    for name in ("initial", "own image", "another frame's image"):
+        print(f"{name:>22}: " + "  ".join(f"{k.replace('_mean', '')} {v:.2f}" for k, v in out[name].items()))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def evaluate_init(samples: list) -> dict[str, float]:
+    """The same means for the starting extrinsics."""
+    from perception.eval.calibration import calibration_errors, summarize
+
+    m = summarize(calibration_errors(np.stack([s.inputs.init for s in samples]),
+                                     np.stack([s.target.cam_from_lidar for s in samples])))
+    return {k: round(float(m[k]), 3) for k in KEYS}
+
+
+if __name__ == "__main__":
+    with clean_errors("calib_control.py"):
+        sys.exit(main())
