@@ -114,7 +114,11 @@ class _CameraHealth:
 @dataclass
 class ExtrinsicHealthCheck:
     """Flags a camera whose median CalibFormer correction over the last ``window`` checks exceeds
-    ``rot_threshold_deg`` or ``trans_threshold_cm`` (after at least ``min_checks``). Runs every ``every``-th frame."""
+    ``rot_threshold_deg`` or ``trans_threshold_cm`` (after at least ``min_checks``). Runs every ``every``-th frame.
+
+    With the released weights only a camera that turns (yaw) is seen when the camera itself moves: that model reads
+    tilt and offsets from the LiDAR scan against the synthetic rig it learned, not from the image (README,
+    "CalibFormer"; ``tests/pipeline/test_extrinsic_health.py``)."""
 
     calibrator: Calibrator
     cameras: tuple[str, ...] | None = None  # None: every pinhole camera of the frame
