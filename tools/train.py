@@ -55,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         init_torch_distributed(args.launcher)
         from perception.engine.runner import PerceptionRunner
 
-        PerceptionRunner.from_cfg(cfg).train()
+        try:
+            PerceptionRunner.from_cfg(cfg).train()
+        finally:  # torchrun: leave the process group before exit, or a rank may abort in gloo's teardown (SIGABRT)
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
     return 0
 
 
