@@ -142,18 +142,17 @@ def depth_image(points_cam: torch.Tensor, camera: CameraModel, max_depth: float 
     uv, valid = camera.project(points_cam)
     z = points_cam[:, 2]
     valid = valid & (z > min_depth) & (z < max_depth)
-    idx = uv[valid].round().long()
-    flat = idx[:, 1].clamp(0, H - 1) * W + idx[:, 0].clamp(0, W - 1)
+    uv = uv[valid]
+    pixel = uv.round()
+    flat = pixel[:, 1].long().clamp(0, H - 1) * W + pixel[:, 0].long().clamp(0, W - 1)
     nearest = torch.full((H * W,), math.inf, dtype=points_cam.dtype, device=points_cam.device)
     nearest = nearest.scatter_reduce(0, flat, z[valid], reduce="amin")
     hit = torch.isfinite(nearest)
     ref = min_depth if ref_depth is None else ref_depth
     inv = torch.where(hit, (ref / nearest.clamp_min(min_depth)).clamp_max(1.0), torch.zeros_like(nearest))
     channels = [inv, hit.to(inv.dtype)]
-    front = z[valid] == nearest[flat]  # the points that set their pixel's depth
-    if intensity is not None:
-        channels.append(torch.zeros_like(inv).index_put_((flat[front],), intensity[valid][front].to(inv.dtype)))
-    if subpixel:
-        frac = (uv[valid] - uv[valid].round())[front].to(inv.dtype)  # [M, 2]
-        channels += [torch.zeros_like(inv).index_put_((flat[front],), frac[:, i]) for i in (0, 1)]
+    if intensity is not None or subpixel:
+        front = z[valid] == nearest[flat]  # the points that set their pixel's depth
+        per_point = ([intensity[valid]] if intensity is not None else []) + ([*(uv - pixel).T] if subpixel else [])
+        channels += [torch.zeros_like(inv).index_put_((flat[front],), c[front].to(inv.dtype)) for c in per_point]
     return torch.stack(channels).reshape(len(channels), H, W)
