@@ -30,35 +30,38 @@ KEYS = ("rot_geodesic_deg_mean", "rot_pitch_deg_mean", "rot_yaw_deg_mean", "rot_
 
 def swap_images(samples: list, shift: int) -> list:
     """Each sample with the image of the sample ``shift`` places on (the list wraps around), which must be of the
-    same camera (token ``<frame>/<camera>``, same camera model): ``CalibSimDataset`` orders pairs frame-major over
-    its cameras, so a shift that is a multiple of the camera count keeps the camera. Everything else (LiDAR,
-    start, truth) is the sample's own."""
+    same camera (token ``<frame>/<camera>``): ``CalibSimDataset`` orders pairs frame-major over its cameras, so a
+    shift that is a multiple of the camera count keeps the camera. Everything else (LiDAR, start, truth) is the
+    sample's own."""
     n = len(samples)
     if n < 2 or shift % n == 0:
         raise ValueError(f"swap_images: need >= 2 samples and a shift that is not a multiple of {n}, got {shift}")
     out = []
     for i, s in enumerate(samples):
         other = samples[(i + shift) % n].inputs
-        if other.token.rsplit("/", 1)[-1] != s.inputs.token.rsplit("/", 1)[-1] or other.camera != s.inputs.camera:
+        if other.token.rsplit("/", 1)[-1] != s.inputs.token.rsplit("/", 1)[-1]:
             raise ValueError(f"swap_images: {s.inputs.token} and {other.token} are not the same camera; "
                              "use a shift that is a multiple of the number of cameras")
         out.append(replace(s, inputs=replace(s.inputs, image=other.image)))
     return out
 
 
-def evaluate(model, samples: list, batch_size: int = 16) -> dict[str, float]:
-    """Per-axis and norm means of ``model``'s final estimates over ``samples`` against their truth."""
+def estimates(model, samples: list, batch_size: int = 16) -> np.ndarray:
+    """``model``'s final camera-from-LiDAR estimates ``[N, 4, 4]`` for ``samples``."""
     import torch
 
+    out = []
+    for s in range(0, len(samples), batch_size):
+        with torch.no_grad():
+            out += [p.cam_from_lidar for p in model(**model.data_preprocessor(samples[s:s + batch_size]), mode="predict")]
+    return np.stack(out)
+
+
+def means(extrinsics: np.ndarray, samples: list) -> dict[str, float]:
+    """Per-axis and norm means of ``extrinsics [N, 4, 4]``'s errors against the samples' truth."""
     from perception.eval.calibration import calibration_errors, summarize
 
-    est, gt = [], []
-    for s in range(0, len(samples), batch_size):
-        batch = samples[s:s + batch_size]
-        with torch.no_grad():
-            est += [p.cam_from_lidar for p in model(**model.data_preprocessor(batch), mode="predict")]
-        gt += [b.target.cam_from_lidar for b in batch]
-    m = summarize(calibration_errors(np.stack(est), np.stack(gt)))
+    m = summarize(calibration_errors(extrinsics, np.stack([s.target.cam_from_lidar for s in samples])))
     return {k: round(float(m[k]), 3) for k in KEYS}
 
 
@@ -78,25 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     ds = dict(Config.fromfile(args.config).test_dataloader.dataset)
     dataset = ds.pop("type")(**ds)
     samples = [dataset[i] for i in range(len(dataset))]
-    init = evaluate_init(samples)
-    own = evaluate(model, samples)
-    swapped = evaluate(model, swap_images(samples, args.shift))
-    out = {"pairs": len(samples), "initial": init, "own image": own, "another frame's image": swapped}
+    out = {"pairs": len(samples), "initial": means(np.stack([s.inputs.init for s in samples]), samples),
+           "own image": means(estimates(model, samples), samples),
+           "another frame's image": means(estimates(model, swap_images(samples, args.shift)), samples)}
     for name in ("initial", "own image", "another frame's image"):
         print(f"{name:>22}: " + "  ".join(f"{k.replace('_mean', '')} {v:.2f}" for k, v in out[name].items()))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))
     return 0
-
-
-def evaluate_init(samples: list) -> dict[str, float]:
-    """The same means for the starting extrinsics."""
-    from perception.eval.calibration import calibration_errors, summarize
-
-    m = summarize(calibration_errors(np.stack([s.inputs.init for s in samples]),
-                                     np.stack([s.target.cam_from_lidar for s in samples])))
-    return {k: round(float(m[k]), 3) for k in KEYS}
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pytest
 
 from perception.models.calibformer.data import CalibSimDataset
 from perception.models.calibformer.model import CalibFormer
-from tools.calib_control import evaluate, evaluate_init, swap_images
+from tools.calib_control import estimates, means, swap_images
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +34,9 @@ def test_swap_keeps_the_camera_and_everything_but_the_image(samples):
 def test_an_untrained_model_scores_the_start_with_either_image(samples):
     model = CalibFormer(widths=(8, 16, 16, 16), feat_dim=16, dim=32, heads=2, corr_heads=2, enc_layers=1,
                         dec_layers=1, iterations=1).eval()  # starts at the identity correction
-    init = evaluate_init(samples)
+    init = means(np.stack([s.inputs.init for s in samples]), samples)
     assert init["rot_geodesic_deg_mean"] > 1.0 and init["trans_norm_cm_mean"] > 2.0
     for run in (samples, swap_images(samples, 3)):
-        got = evaluate(model, run, batch_size=4)
+        got = means(estimates(model, run, batch_size=4), samples)
         assert got.keys() == init.keys()
         np.testing.assert_allclose(list(got.values()), list(init.values()), atol=2e-3)
