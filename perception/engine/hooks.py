@@ -1,4 +1,4 @@
-"""Hooks the configs use: prediction pictures for ``tools/test.py --show-dir``, progress bars, a dataset curriculum."""
+"""Hooks the configs use: prediction pictures for ``tools/test.py --show-dir`` and progress bars."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -87,37 +87,3 @@ class ProgressBarHook(Hook):
 
     def after_test_epoch(self, runner, metrics=None) -> None:
         self._close()
-
-
-class DatasetScheduleHook(Hook):
-    """A curriculum: from epoch ``e`` (1-based) on, the training dataset's attributes are ``schedule[e]``.
-
-    ``schedule``: ``{epoch: {attribute: value}}``, e.g. ``{31: dict(ranges=[...])}``. Before every training epoch the
-    latest entry at or before it is applied with ``setattr`` (so a resumed run gets the right one). An attribute the
-    dataset does not have is an error, as is a loader with persistent workers (their copies would not see it).
-    """
-
-    priority = "NORMAL"
-
-    def __init__(self, schedule: dict) -> None:
-        self.schedule = {int(e): dict(v) for e, v in schedule.items()}
-        if any(e < 1 for e in self.schedule):
-            raise ValueError(f"DatasetScheduleHook: epochs are 1-based, got {sorted(self.schedule)}")
-        self.applied: int | None = None
-
-    def before_train_epoch(self, runner) -> None:
-        epoch = runner.epoch + 1
-        due = [e for e in self.schedule if e <= epoch]
-        if not due or max(due) == self.applied:
-            return
-        loader = runner.train_dataloader
-        if getattr(loader, "persistent_workers", False):
-            raise ValueError("DatasetScheduleHook: the training loader has persistent workers, which keep their own "
-                             "copy of the dataset; set persistent_workers=False")
-        dataset = loader.dataset
-        for name, value in self.schedule[max(due)].items():
-            if not hasattr(dataset, name):
-                raise AttributeError(f"DatasetScheduleHook: {type(dataset).__name__} has no attribute {name!r}")
-            setattr(dataset, name, value)
-        self.applied = max(due)
-        runner.logger.info(f"DatasetScheduleHook: epoch {epoch}: {self.schedule[max(due)]}")

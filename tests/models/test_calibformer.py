@@ -33,6 +33,9 @@ def test_miscalibration_sampler_ranges_and_inverse():
         m.apply(np.eye(3))
     with pytest.raises(ValueError, match=">= 0"):
         sample_miscalibration(rng, -1.0, 0.1)
+    for bad in ([], [(10.0, 0.25), (-1.0, 0.1)]):
+        with pytest.raises(ValueError, match="ranges must be non-empty"):
+            CalibSimDataset(ranges=bad)
 
 
 def test_quaternions_round_trip_and_angle():

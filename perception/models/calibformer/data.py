@@ -182,7 +182,9 @@ class CalibSimDataset(Dataset):
         self.seeds, self.frames = [int(s) for s in seeds], int(frames)
         self.cameras, self.size = tuple(cameras), (int(size[0]), int(size[1]))
         self.max_points = int(max_points)
-        self.ranges = ranges
+        self.ranges = [(float(r), float(t)) for r, t in ranges]
+        if not self.ranges or any(r < 0 or t < 0 for r, t in self.ranges):
+            raise ValueError(f"CalibSimDataset: ranges must be non-empty (max_deg, max_m) pairs >= 0, got {ranges!r}")
         self.fixed_seed = fixed_seed
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.sim_cache_dir = sim_cache_dir
@@ -194,18 +196,6 @@ class CalibSimDataset(Dataset):
         self.metainfo = {"source": "sim", "cameras": self.cameras}
         self._pairs: list | None = None
         self._rng = np.random.default_rng()
-
-    @property
-    def ranges(self) -> list[tuple[float, float]]:
-        """``[(max_deg, max_m), ...]``, one drawn per sample; settable (a curriculum changes it between epochs)."""
-        return self._ranges
-
-    @ranges.setter
-    def ranges(self, ranges: Sequence[Sequence[float]]) -> None:
-        out = [(float(r), float(t)) for r, t in ranges]
-        if not out or any(r < 0 or t < 0 for r, t in out):
-            raise ValueError(f"CalibSimDataset: ranges must be non-empty (max_deg, max_m) pairs >= 0, got {ranges!r}")
-        self._ranges = out
 
     def _key(self) -> str:
         spec = (self.seeds, self.frames, self.sim_frames, self.cameras, self.size, self.max_points)
