@@ -124,22 +124,20 @@ def test_rpn_learns_boxes_and_velocity(sim):
     dets, ap1 = evaluate()
     assert ap1 > 0.5 and ap1 > ap0 + 0.3, (ap0, ap1)
 
-    # velocity: 9-column boxes, and the moving objects' velocities are learnt. The median error is what is asserted
-    # (a zero velocity would be 1.4 to 5 m/s off): one object's error varies between runs of the full suite (0.06 m/s
-    # alone, 1.28 once in CI, with the same seed), the rest stay at a few cm/s
-    errors = []
+    # velocity: 9-column boxes, and the moving objects' velocities are learnt
+    n_moving = 0
     for det, sample in zip(dets, batch):
         gt = sample.targets.boxes
         assert det.boxes.tensor.shape[1] == 9 and det.boxes.velocity is not None
         near = np.linalg.norm(gt.tensor[:, :2], axis=1) < 19.0
         moving = near & (np.linalg.norm(gt.velocity, axis=1) > 1.0)  # a car at 5 m/s, a pedestrian at 1.4 m/s
+        n_moving += int(moving.sum())
         for g in gt.tensor[moving]:
             d = np.linalg.norm(det.boxes.tensor[:, :2] - g[:2], axis=1)
             k = int(np.argmin(d))
             assert d[k] < 1.0, (g, det.boxes.tensor[k])
-            errors.append(float(np.linalg.norm(det.boxes.velocity[k] - g[7:9])))
-    assert len(errors) >= 4
-    assert np.median(errors) < 0.5 and max(errors) < 2.0, errors
+            assert np.linalg.norm(det.boxes.velocity[k] - g[7:9]) < 1.0, (g, det.boxes.tensor[k])
+    assert n_moving >= 4
 
 
 def test_tensor_mode_and_checks(sim):
