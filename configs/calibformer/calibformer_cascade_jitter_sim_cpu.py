@@ -11,8 +11,8 @@ stage 1): held-out 1.65 deg / 23.9 cm (21.6 cm after stage 2's first iteration, 
 not corrected. Trained on stage 1's own 24 sequences of 30 frames (72 mounts) instead, it learned those rigs:
 19.7 cm / 0.88 deg on training sequences, 26.8 cm / 1.89 deg held out. README "CalibFormer" has the runs.
 
-Train (stage 1 first: its weights are not released, ``init_from`` names its work_dir checkpoint):
-       python tools/train.py configs/calibformer/calibformer_flow_jitter_narrow_sim_cpu.py
+Train (``init_from`` is stage 1's released weights; to retrain stage 1 as well, run its config first and point
+``init_from`` at work_dirs/calibformer_flow_jitter_narrow_sim_cpu/epoch_40.pth):
        python tools/train.py configs/calibformer/calibformer_cascade_jitter_sim_cpu.py
 Test:  python tools/test.py configs/calibformer/calibformer_cascade_jitter_sim_cpu.py work_dirs/calibformer_cascade_jitter_sim_cpu/epoch_9.pth
 """
@@ -26,7 +26,7 @@ with read_base():
 
 stage = {k: v for k, v in model.items() if k != "type"}  # noqa: F405
 model = dict(type=CalibCascade, stages=[stage, stage], train_stage=1,
-             init_from="work_dirs/calibformer_flow_jitter_narrow_sim_cpu/epoch_40.pth")
+             init_from="checkpoints/calibformer_flow_jitter_narrow_sim_cpu.safetensors")
 # 240 sequences of 3 frames (the same 2,160 pairs' worth): 720 camera mounts instead of 72, too many to memorise
 train_dataloader["dataset"].update(ranges=[(2.0, 0.25), (0.5, 0.25)], seeds=list(range(0, 240)), frames=3,  # noqa: F405
                                    sim_frames=3)

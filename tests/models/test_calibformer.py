@@ -333,15 +333,19 @@ def test_an_intensity_stage_starts_as_the_depth_only_network_it_is_loaded_from(s
     assert first.grad[:, 2].abs().sum() > 0  # the intensity channel learns
 
 
-def test_cascade_config_starts_both_stages_from_the_released_weights():
+@pytest.mark.parametrize("config, weights", [
+    ("calibformer_cascade_sim_cpu.py", "calibformer_flow_sim_cpu.safetensors"),
+    ("calibformer_cascade_jitter_sim_cpu.py", "calibformer_flow_jitter_narrow_sim_cpu.safetensors"),
+])
+def test_cascade_config_starts_both_stages_from_the_tracked_weights(config, weights):
     from mmengine.config import Config
 
     from perception.engine.checkpoint import load_checkpoint
     from perception.models.calibformer.calibrate import ROOT
 
-    cfg = Config.fromfile(ROOT / "configs/calibformer/calibformer_cascade_sim_cpu.py")
+    cfg = Config.fromfile(ROOT / "configs/calibformer" / config)
     model = cfg.model.type(**{k: v for k, v in cfg.model.items() if k != "type"})
-    released = load_checkpoint(ROOT / "checkpoints/calibformer_flow_sim_cpu.safetensors")["state_dict"]
+    released = load_checkpoint(ROOT / "checkpoints" / weights)["state_dict"]
     for stage in model.stages:
         assert all(torch.equal(stage.state_dict()[k], v) for k, v in released.items())
     assert [p.requires_grad for p in (next(s.parameters()) for s in model.stages)] == [False, True]

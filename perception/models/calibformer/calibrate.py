@@ -33,8 +33,10 @@ from perception.models.calibformer.geometry import Miscalibration
 from perception.structures import Frame
 
 ROOT = Path(__file__).resolve().parents[3]
-# the released model, trained on the synthetic world (README: "CalibFormer")
-RELEASED = (ROOT / "configs/calibformer/calibformer_flow_sim_cpu.py", ROOT / "checkpoints/calibformer_flow_sim_cpu.safetensors")
+# the released model, trained on the synthetic world with jittered camera mounts, so that it calibrates from the
+# image rather than from a rig it learned (README: "CalibFormer", tools/calib_control.py)
+RELEASED = (ROOT / "configs/calibformer/calibformer_flow_jitter_narrow_sim_cpu.py",
+            ROOT / "checkpoints/calibformer_flow_jitter_narrow_sim_cpu.safetensors")
 TRAINED_FOCAL_PX = 114.0  # the synthetic pinholes' focal length at the 160x96 training size
 
 
@@ -116,9 +118,9 @@ class ExtrinsicHealthCheck:
     """Flags a camera whose median CalibFormer correction over the last ``window`` checks exceeds
     ``rot_threshold_deg`` or ``trans_threshold_cm`` (after at least ``min_checks``). Runs every ``every``-th frame.
 
-    With the released weights only a camera that turns (yaw) is seen when the camera itself moves: that model reads
-    tilt and offsets from the LiDAR scan against the synthetic rig it learned, not from the image (README,
-    "CalibFormer"; ``tests/pipeline/test_extrinsic_health.py``)."""
+    The released weights (trained on jittered camera mounts) see a camera that physically tilts or turns, from the
+    image; they correct no offset, so a camera that only shifts is not seen (README, "CalibFormer";
+    ``tests/pipeline/test_extrinsic_health.py``)."""
 
     calibrator: Calibrator
     cameras: tuple[str, ...] | None = None  # None: every pinhole camera of the frame
