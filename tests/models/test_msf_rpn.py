@@ -113,7 +113,9 @@ def test_rpn_learns_boxes_and_velocity(sim):
 
     _, ap0 = evaluate()
     losses = []
-    for _ in range(100):
+    # 200 steps: after 100 the moving objects' worst velocity error ranged 0.1-1.22 m/s over torch seeds 0-9 (and
+    # varied between runs with the same seed, 0.10 then 0.51 for seed 0), after 200 at most 0.37
+    for _ in range(200):
         loss = sum(model(**data, mode="loss").values())
         losses.append(loss.item())
         opt.zero_grad()
