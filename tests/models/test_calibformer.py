@@ -349,3 +349,44 @@ def test_cascade_config_starts_both_stages_from_the_tracked_weights(config, weig
     for stage in model.stages:
         assert all(torch.equal(stage.state_dict()[k], v) for k, v in released.items())
     assert [p.requires_grad for p in (next(s.parameters()) for s in model.stages)] == [False, True]
+
+
+def test_fine_correlation_stacks_half_resolution_blocks_into_quarter_cells():
+    from perception.models.calibformer.model import FineCorrelation
+
+    fine = FineCorrelation(3, 2, width=8, heads=2, window=1, out=4)
+    for (h, w), size in (((32, 64), (8, 16)), ((34, 66), (9, 17))):  # a 1/2 map of odd size is padded to tile
+        assert fine(torch.randn(2, 3, h, w), torch.randn(2, 2, h, w), size).shape == (2, 4, *size)
+    assert fine.proj[0].in_channels == 4 * 2 * 9  # each 1/4 cell holds its 2x2 blocks of 2 heads x 3x3 offsets
+    with pytest.raises(ValueError, match="needs flow=True"):
+        CalibFormer(fine=True)
+
+
+def test_a_fine_stage_starts_as_the_network_it_is_loaded_from_and_its_branch_learns(sim_pairs, tmp_path):
+    """Loaded from a network without the fine branch, a ``fine=True`` stage gives that network's displacements
+    (the head's new input channels start at zero) until it trains; the branch gets gradients from the loss."""
+    from perception.models.calibformer.cascade import CalibCascade
+
+    torch.manual_seed(0)
+    kw = dict(widths=(8, 16, 16, 16), feat_dim=16, dim=32, heads=2, corr_heads=2, enc_layers=1, dec_layers=1,
+              iterations=1, flow=True)
+    single = CalibFormer(**kw)
+    for p in single.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    torch.save({"state_dict": single.state_dict()}, tmp_path / "plain.pth")
+    cascade = CalibCascade([dict(kw, fine=True)], init_from=str(tmp_path / "plain.pth")).eval()
+    single.eval()
+    b = cascade.data_preprocessor([sim_pairs[i] for i in range(3)])["inputs"]
+    with torch.no_grad():
+        want = single.heads(b.image, single.depth(b, b.init), b.cameras)
+        got = cascade.stages[0].heads(b.image, cascade.stages[0].depth(b, b.init), b.cameras)
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w)
+    cascade.train()
+    loss = sum(cascade(**cascade.data_preprocessor([sim_pairs[i] for i in range(3)], True), mode="loss").values())
+    loss.backward()
+    assert cascade.stages[0].flow_head[0].weight.grad[:, -32:].abs().sum() > 0  # the head starts reading the branch
+    with pytest.raises(RuntimeError, match="missing"):  # anything else missing from the checkpoint is an error
+        torch.save({"state_dict": {k: v for k, v in single.state_dict().items() if not k.startswith("flow_head")}},
+                   tmp_path / "no_head.pth")
+        CalibCascade([dict(kw, fine=True)], init_from=str(tmp_path / "no_head.pth"))

@@ -11,7 +11,8 @@ Training trains one stage (``train_stage``) on the dataset's perturbations; the 
 ``init_from`` (a checkpoint of one CalibFormer; a relative path not found from the working directory is
 taken from the repository root, as the configs name checkpoints) starts every stage from those weights; a
 stage that reads more input channels than the checkpoint's network (``intensity=True`` after a depth-only
-network) gets the extra channels' weights at zero, so it starts as that network.
+network, or a displacement head fed by an added ``fine`` correlation) gets the extra channels' weights at zero,
+so it starts as that network; the fine branch itself starts fresh.
 """
 from __future__ import annotations
 
@@ -47,7 +48,10 @@ class CalibCascade(BaseModel):
                 path = Path(__file__).resolve().parents[3] / path
             state = load_checkpoint(path)["state_dict"]
             for stage in self.stages:
-                stage.load_state_dict(_widened(state, stage.state_dict()))
+                missing, unexpected = stage.load_state_dict(_widened(state, stage.state_dict()), strict=False)
+                new = [k for k in missing if not k.startswith("fine.")]  # only an added fine branch may be new
+                if new or unexpected:
+                    raise RuntimeError(f"CalibCascade.init_from {path}: missing {new[:5]}, unexpected {unexpected[:5]}")
         for i, stage in enumerate(self.stages):
             stage.requires_grad_(i == self.train_stage)
 

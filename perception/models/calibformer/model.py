@@ -152,6 +152,25 @@ def local_correlation(a: torch.Tensor, b: torch.Tensor, heads: int, window: int)
     return torch.stack(out, 2).reshape(B, heads * k * k, h, w) / (C // heads) ** 0.5
 
 
+class FineCorrelation(nn.Module):
+    """Image ``[B, c_image, H, W]`` and LiDAR image ``[B, c_depth, H, W]`` → light features at 1/2, their local
+    correlation (``heads``, ``window``: +-2 window px at the input size in 2 px steps), each 2x2 block of it stacked
+    into one 1/4 cell (``pixel_unshuffle``, so where in the cell a match lies survives) → ``[B, out, h4, w4]``."""
+
+    def __init__(self, c_image: int, c_depth: int, width: int = 16, heads: int = 2, window: int = 3, out: int = 32) -> None:
+        super().__init__()
+        self.heads, self.window, self.out = heads, window, out
+        self.image = nn.Sequential(_conv(c_image, width, 2), _conv(width, width))
+        self.depth = nn.Sequential(_conv(c_depth, width, 2), _conv(width, width))
+        self.proj = nn.Sequential(nn.Conv2d(4 * heads * (2 * window + 1) ** 2, out, 1), nn.ReLU(inplace=True))
+
+    def forward(self, image: torch.Tensor, depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        c = local_correlation(self.image(image), self.depth(depth), self.heads, self.window)  # [B, K, H/2, W/2]
+        c = F.pad(c, (0, c.shape[-1] % 2, 0, c.shape[-2] % 2))  # even, so that 2x2 blocks tile it
+        c = F.pixel_unshuffle(c, 2)  # [B, 4 K, ceil(H/4), ceil(W/4)]
+        return self.proj(c[..., :size[0], :size[1]])
+
+
 class CalibFormer(BaseModel):
     """The network and its losses; ``forward(mode="loss" | "predict" | "tensor")`` as every mmengine model here."""
 
@@ -160,7 +179,7 @@ class CalibFormer(BaseModel):
                  iterations: int = 3, max_depth: float = 80.0, ref_depth: float = 2.0, w_rot: float = 30.0,
                  w_trans: float = 20.0, w_pc: float = 2.0, pc_points: int = 1024, flow: bool = False,
                  w_flow: float = 0.5, flow_scale: float = 8.0, pnp: str = "none", pnp_points: int = 2000,
-                 intensity: bool = False, subpixel: bool = False) -> None:
+                 intensity: bool = False, subpixel: bool = False, fine: bool = False) -> None:
         super().__init__(data_preprocessor=CalibPreprocessor())
         if pnp not in ("rotation", "full", "none"):
             raise ValueError(f"CalibFormer.pnp: 'rotation', 'full' or 'none', got {pnp!r}")
@@ -178,8 +197,14 @@ class CalibFormer(BaseModel):
         self.coarse = nn.Conv2d(corr_heads * k, dim, 1)  # the 1/16 correlation, added to the 1/8 tokens
         # optional (our addition): per 1/4 cell, where the LiDAR content of the cell is in the image (px) and the
         # scale b of a Laplace error on it (log b); supervised at the cells the sweep hits, read by the PnP step
-        self.flow_head = nn.Sequential(nn.Conv2d(2 * corr_heads * k + 2 * feat_dim, dim, 1), nn.ReLU(inplace=True),
-                                       _conv(dim, dim), nn.Conv2d(dim, 3, 3, 1, 1)) if flow else None
+        # optional (our addition, needs flow): a correlation at 1/2 for the displacements of a few pixels that the
+        # 1/4 cells do not resolve, its 2x2 blocks stacked into each 1/4 cell's channels for the displacement head
+        if fine and not flow:
+            raise ValueError("CalibFormer: fine=True feeds the displacement head; it needs flow=True")
+        self.fine = FineCorrelation(3, 2 + int(intensity) + 2 * int(subpixel)) if fine else None
+        extra = self.fine.out if fine else 0
+        self.flow_head = nn.Sequential(nn.Conv2d(2 * corr_heads * k + 2 * feat_dim + extra, dim, 1),
+                                       nn.ReLU(inplace=True), _conv(dim, dim), nn.Conv2d(dim, 3, 3, 1, 1)) if flow else None
         if flow:
             nn.init.zeros_(self.flow_head[-1].weight)
             nn.init.zeros_(self.flow_head[-1].bias)
@@ -250,7 +275,8 @@ class CalibFormer(BaseModel):
         if self.flow_head is None:
             return q, t, None, None
         up = F.interpolate(coarse, size=corr.shape[-2:], mode="bilinear", align_corners=False)
-        fl = self.flow_head(torch.cat([corr, up, fi, fd], 1))  # [B, 3, H/4, W/4]
+        parts = [corr, up, fi, fd] + ([self.fine(image, depth, corr.shape[-2:])] if self.fine is not None else [])
+        fl = self.flow_head(torch.cat(parts, 1))  # [B, 3, H/4, W/4]
         return q, t, fl[:, :2] * self.flow_scale, fl[:, 2:3]
 
     def _projections(self, points: torch.Tensor, camera: CameraModel, cam_from_lidar: torch.Tensor):
