@@ -195,14 +195,14 @@ class CalibFormer(BaseModel):
         self.fuse = nn.Sequential(nn.Conv2d(corr_heads * k + 2 * feat_dim, dim, 1), nn.ReLU(inplace=True),
                                   _conv(dim, dim, 2), _conv(dim, dim))  # 1/4 → 1/8 tokens
         self.coarse = nn.Conv2d(corr_heads * k, dim, 1)  # the 1/16 correlation, added to the 1/8 tokens
-        # optional (our addition): per 1/4 cell, where the LiDAR content of the cell is in the image (px) and the
-        # scale b of a Laplace error on it (log b); supervised at the cells the sweep hits, read by the PnP step
         # optional (our addition, needs flow): a correlation at 1/2 for the displacements of a few pixels that the
         # 1/4 cells do not resolve, its 2x2 blocks stacked into each 1/4 cell's channels for the displacement head
         if fine and not flow:
             raise ValueError("CalibFormer: fine=True feeds the displacement head; it needs flow=True")
         self.fine = FineCorrelation(3, 2 + int(intensity) + 2 * int(subpixel)) if fine else None
         extra = self.fine.out if fine else 0
+        # optional (our addition): per 1/4 cell, where the LiDAR content of the cell is in the image (px) and the
+        # scale b of a Laplace error on it (log b); supervised at the cells the sweep hits, read by the PnP step
         self.flow_head = nn.Sequential(nn.Conv2d(2 * corr_heads * k + 2 * feat_dim + extra, dim, 1),
                                        nn.ReLU(inplace=True), _conv(dim, dim), nn.Conv2d(dim, 3, 3, 1, 1)) if flow else None
         if flow:
