@@ -65,6 +65,15 @@ def means(extrinsics: np.ndarray, samples: list) -> dict[str, float]:
     return {k: round(float(m[k]), 3) for k in KEYS}
 
 
+def held_out(config: str) -> list:
+    """The held-out pairs of ``config``'s test dataloader, as a list of samples."""
+    from mmengine.config import Config
+
+    ds = dict(Config.fromfile(config).test_dataloader.dataset)
+    dataset = ds.pop("type")(**ds)
+    return [dataset[i] for i in range(len(dataset))]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config")
@@ -73,14 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                    "camera 3 frames on, with the 3-camera rig)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
-    from mmengine.config import Config
-
     from perception.pipeline.model_stage import ModelStage
 
     model = ModelStage(args.config, args.checkpoint, carry=False).model
-    ds = dict(Config.fromfile(args.config).test_dataloader.dataset)
-    dataset = ds.pop("type")(**ds)
-    samples = [dataset[i] for i in range(len(dataset))]
+    samples = held_out(args.config)
     out = {"pairs": len(samples), "initial": means(np.stack([s.inputs.init for s in samples]), samples),
            "own image": means(estimates(model, samples), samples),
            "another frame's image": means(estimates(model, swap_images(samples, args.shift)), samples)}

@@ -81,20 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0], help="px of noise on the true field")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
-    from mmengine.config import Config
-
     from perception.models.calibformer.cascade import CalibCascade
     from perception.pipeline.model_stage import ModelStage
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from calib_control import estimates
+    from calib_control import estimates, held_out
 
     model = ModelStage(args.config, args.checkpoint, carry=False).model.eval()
     stages = list(model.stages) if isinstance(model, CalibCascade) else [model]
+    if not -len(stages) <= args.stage < len(stages):
+        p.error(f"--stage {args.stage}: the model has {len(stages)} stage(s)")
     k = args.stage % len(stages)
-    ds = dict(Config.fromfile(args.config).test_dataloader.dataset)
-    dataset = ds.pop("type")(**ds)
-    samples = [dataset[i] for i in range(len(dataset))]
+    samples = held_out(args.config)
     # a cascade's stage is probed where the stages before it leave the pairs; a single network where its own
     # iterations leave them (what a further step would start from)
     for before in stages[:k] if len(stages) > 1 else stages:
