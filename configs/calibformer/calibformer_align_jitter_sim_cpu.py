@@ -20,7 +20,9 @@ with read_base():
     from .calibformer_flow_jitter_narrow_sim_cpu import *  # noqa: F401,F403
 
 model = dict(type=CalibAligned, network=dict(model),  # noqa: F405
-             init_from="checkpoints/calibformer_flow_jitter_narrow_sim_cpu.safetensors")
+             init_from="checkpoints/calibformer_flow_jitter_narrow_sim_cpu.safetensors",
+             sigmas=(3.0, 1.5, 0.75), iters=30, max_deg=3.0, max_m=0.15)  # the alignment: blur levels (px), L-BFGS
+# iterations per level, bound per axis of the update
 max_epochs = 5  # 135 steps of 16 pairs each
 train_cfg = dict(type=EpochBasedTrainLoop, max_epochs=max_epochs, val_interval=max_epochs)
 optim_wrapper = dict(type=OptimWrapper, optimizer=dict(type=AdamW, lr=2e-3, weight_decay=1e-4),
