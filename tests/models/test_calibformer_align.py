@@ -164,3 +164,15 @@ def test_aligned_config_starts_from_the_released_network_and_trains_only_the_map
     assert all(torch.equal(model.network.state_dict()[k], v) for k, v in released.items())
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"appearance"}
+
+
+def test_alignment_rejects_mismatched_inputs(sim_pairs):
+    s = sim_pairs[0]
+    maps, pts, app = _truth_maps(s)
+    start = torch.tensor(s.target.cam_from_lidar)
+    with pytest.raises(ValueError, match="blur level"):
+        align(maps, pts, app, s.inputs.camera, start, sigmas=())
+    with pytest.raises(ValueError, match="appearance"):
+        align(maps[:2], pts, app, s.inputs.camera, start)
+    with pytest.raises(ValueError, match="start"):
+        align(maps, pts, app, s.inputs.camera, start[:3])

@@ -25,7 +25,6 @@ front and trains only the maps, supervised by the true projections.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from perception.geometry.camera_base import CameraModel
+from perception.models.calibformer.cascade import checkpoint_path
 from perception.models.calibformer.data import CalibTarget
 from perception.models.calibformer.model import CalibBatch, CalibFormer, CalibPrediction, CalibPreprocessor, _rotmat
 
@@ -164,6 +164,11 @@ def align(maps: torch.Tensor, points: torch.Tensor, appearance: torch.Tensor, ca
     rotation-vector component within ``max_deg`` and each translation within ``max_m`` (tanh-bounded), by L-BFGS
     at each blur ``sigmas`` in turn. Returns the estimate and whether it was taken (False: the correlation at the
     finest blur did not rise, or became non-finite, and ``start`` is returned)."""
+    if not sigmas:
+        raise ValueError("align: needs at least one blur level in sigmas")
+    if maps.ndim != 3 or appearance.shape != (len(points), maps.shape[0]) or tuple(start.shape) != (4, 4):
+        raise ValueError(f"align: maps [C, H, W], appearance [N, C] for points [N, 3] and start [4, 4] expected, got "
+                         f"{tuple(maps.shape)}, {tuple(appearance.shape)}, {tuple(points.shape)}, {tuple(start.shape)}")
     start = start.double()
     pts, app = points.double(), appearance.double()
     lim = torch.tensor([np.radians(max_deg)] * 3 + [max_m] * 3, dtype=torch.float64, device=start.device)
@@ -212,10 +217,7 @@ class CalibAligned(BaseModel):
         if init_from:
             from perception.engine.checkpoint import load_checkpoint
 
-            path = Path(init_from)
-            if not path.is_absolute() and not path.exists():
-                path = Path(__file__).resolve().parents[3] / path
-            self.network.load_state_dict(load_checkpoint(path)["state_dict"])
+            self.network.load_state_dict(load_checkpoint(checkpoint_path(init_from))["state_dict"])
         self.network.requires_grad_(False)
         self.appearance = AppearanceNet(widths)
         self.sigmas, self.iters = tuple(float(s) for s in sigmas), int(iters)

@@ -43,9 +43,7 @@ class CalibCascade(BaseModel):
         if init_from:
             from perception.engine.checkpoint import load_checkpoint
 
-            path = Path(init_from)
-            if not path.is_absolute() and not path.exists():
-                path = Path(__file__).resolve().parents[3] / path
+            path = checkpoint_path(init_from)
             state = load_checkpoint(path)["state_dict"]
             for stage in self.stages:
                 missing, unexpected = stage.load_state_dict(_widened(state, stage.state_dict()), strict=False)
@@ -86,6 +84,13 @@ class CalibCascade(BaseModel):
     def predict(self, batch: CalibBatch, iterations: int | None = None) -> list[CalibPrediction]:
         steps = self.refine(batch, iterations).cpu().numpy()  # [K+1, B, 4, 4]
         return [CalibPrediction(tok, steps[-1, b], steps[0, b], steps[:, b]) for b, tok in enumerate(batch.tokens)]
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """``path`` as given, or, when relative and not found from the working directory, from the repository root
+    (as the configs name checkpoints)."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else Path(__file__).resolve().parents[3] / p
 
 
 def _widened(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
