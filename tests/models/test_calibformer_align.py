@@ -82,7 +82,8 @@ def test_alignment_to_the_true_maps_recovers_a_known_miscalibration(sim_pairs):
     start = torch.from_numpy(off.apply(truth))
     est, taken = align(maps, pts, app, s.inputs.camera, start)
     assert taken
-    before, after = calibration_errors(start.numpy()[None], truth[None]), calibration_errors(est.numpy()[None], truth[None])
+    before = calibration_errors(start.numpy()[None], truth[None])
+    after = calibration_errors(est.numpy()[None], truth[None])
     assert after["rot_geodesic_deg"][0] < 0.4 * before["rot_geodesic_deg"][0]
     assert after["trans_norm_cm"][0] < before["trans_norm_cm"][0]
     # the correlation is higher at the truth than at the start, and the update stays within its bounds

@@ -257,9 +257,9 @@ class CalibAligned(BaseModel):
         if mode == "loss":
             if not data_samples or any(s is None for s in data_samples):
                 raise ValueError("CalibAligned: training needs the true extrinsic of every sample")
+            apps = self._appearance(inputs, memo=True)
             targets = torch.stack([appearance_targets(p, a, cam, torch.tensor(s.cam_from_lidar, device=p.device))
-                                   for p, a, cam, s in zip(inputs.points, self._appearance(inputs, memo=True), inputs.cameras,
-                                                           data_samples)])
+                                   for p, a, cam, s in zip(inputs.points, apps, inputs.cameras, data_samples)])
             return {"loss_appearance": appearance_loss(self.appearance(inputs.image), targets)}
         if mode == "predict":
             return self.predict(inputs)
