@@ -70,6 +70,14 @@ def test_depth_image_intensity_channel_is_the_nearest_points():
     torch.testing.assert_close(d[:2], depth_image(pts, CAM))  # the depth channels are unchanged
     with pytest.raises(ValueError, match="intensity must be"):
         depth_image(pts, CAM, intensity=torch.zeros(3))
+    # any per-point values [N, C]: C more channels, of the nearest point, after the others
+    v = torch.tensor([[0.1, 1.0], [0.2, 2.0], [0.3, 3.0], [0.4, 4.0]], dtype=torch.float64)
+    e = depth_image(pts, CAM, intensity=torch.tensor([0.9, 0.2, 0.7, 1.0]), values=v)
+    assert e.shape == (5, 8, 16)
+    torch.testing.assert_close(e[:3], d)
+    assert e[3:, 3, 7].tolist() == [0.2, 2.0] and e[3:, 3, 8].tolist() == [0.3, 3.0] and e[4].sum() == 5.0
+    with pytest.raises(ValueError, match="values must be"):
+        depth_image(pts, CAM, values=v[:3])
 
 
 def test_depth_image_subpixel_channels_place_the_nearest_point_inside_its_pixel():

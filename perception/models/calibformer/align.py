@@ -36,6 +36,7 @@ from torch import nn
 from perception.geometry.camera_base import CameraModel
 from perception.models.calibformer.cascade import checkpoint_path
 from perception.models.calibformer.data import CalibTarget
+from perception.models.calibformer.geometry import depth_image
 from perception.models.calibformer.model import CalibBatch, CalibFormer, CalibPrediction, CalibPreprocessor, _rotmat
 
 CHANNELS = ("depth_edge", "intensity_edge", "intensity")
@@ -69,18 +70,9 @@ def appearance_targets(points: torch.Tensor, appearance: torch.Tensor, camera: C
                        cam_from_lidar: torch.Tensor) -> torch.Tensor:
     """The maps :class:`AppearanceNet` learns: ``points [N, 3]``' ``appearance [N, 3]`` at their pixels through the
     true ``cam_from_lidar [4, 4]`` → ``[4, H, W]``: a mask of the pixels with a point, then the three channels of
-    the nearest point there."""
+    the nearest point there (:func:`~.geometry.depth_image`'s splat)."""
     x = points.double() @ cam_from_lidar[:3, :3].T.double() + cam_from_lidar[:3, 3].double()
-    uv, ok = camera.project(x)
-    ok = ok & (x[:, 2] > 0.3) & camera.in_image(uv)
-    col = uv[ok, 0].round().long().clamp(0, camera.width - 1)
-    row = uv[ok, 1].round().long().clamp(0, camera.height - 1)
-    order = torch.argsort(x[ok, 2], descending=True)  # far first: the nearest point written last wins
-    out = torch.zeros(4, camera.height, camera.width, dtype=torch.float32, device=points.device)
-    row, col = row[order], col[order]
-    out[0, row, col] = 1.0
-    out[1:, row, col] = appearance[ok][order].T.float()
-    return out
+    return depth_image(x, camera, values=appearance.double())[1:].float()
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

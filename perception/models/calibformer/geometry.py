@@ -123,13 +123,14 @@ def quat_angle(q_pred: torch.Tensor, q_true: torch.Tensor) -> torch.Tensor:
 
 def depth_image(points_cam: torch.Tensor, camera: CameraModel, max_depth: float = 80.0,
                 min_depth: float = 0.5, ref_depth: float | None = None,
-                intensity: torch.Tensor | None = None, subpixel: bool = False) -> torch.Tensor:
+                intensity: torch.Tensor | None = None, subpixel: bool = False,
+                values: torch.Tensor | None = None) -> torch.Tensor:
     """LiDAR points ``points_cam [N, 3]`` (camera frame) → ``[2, H, W]``: inverse depth (``min(1, ref_depth / z)``
     of the nearest point per pixel, ``ref_depth`` defaulting to ``min_depth``; 0 where none) and occupancy;
     with ``intensity [N]`` (in [0, 1]) a further channel, the nearest point's intensity; with ``subpixel`` two
     more, where in its pixel the nearest point falls (``u - round(u)``, ``v - round(v)``, in [-0.5, 0.5]; 0 where
-    none) → ``[2 + intensity + 2 subpixel, H, W]``. Without them a shift smaller than a pixel shows only in which
-    pixels the points round to.
+    none); with ``values [N, C]`` C more, the nearest point's values → ``[2 + intensity + 2 subpixel + C, H, W]``.
+    Without the sub-pixel channels a shift smaller than a pixel shows only in which pixels the points round to.
 
     Projection is ``camera.project`` (any camera model). Points behind ``min_depth``, beyond
     ``max_depth``, non-finite or outside the image are left out.
@@ -138,6 +139,8 @@ def depth_image(points_cam: torch.Tensor, camera: CameraModel, max_depth: float 
         raise ValueError(f"depth_image: expected points [N, 3], got {tuple(points_cam.shape)}")
     if intensity is not None and tuple(intensity.shape) != (len(points_cam),):
         raise ValueError(f"depth_image: intensity must be [{len(points_cam)}], got {tuple(intensity.shape)}")
+    if values is not None and (values.ndim != 2 or len(values) != len(points_cam)):
+        raise ValueError(f"depth_image: values must be [{len(points_cam)}, C], got {tuple(values.shape)}")
     H, W = camera.height, camera.width
     uv, valid = camera.project(points_cam)
     z = points_cam[:, 2]
@@ -151,8 +154,9 @@ def depth_image(points_cam: torch.Tensor, camera: CameraModel, max_depth: float 
     ref = min_depth if ref_depth is None else ref_depth
     inv = torch.where(hit, (ref / nearest.clamp_min(min_depth)).clamp_max(1.0), torch.zeros_like(nearest))
     channels = [inv, hit.to(inv.dtype)]
-    if intensity is not None or subpixel:
+    if intensity is not None or subpixel or values is not None:
         front = z[valid] == nearest[flat]  # the points that set their pixel's depth
-        per_point = ([intensity[valid]] if intensity is not None else []) + ([*(uv - pixel).T] if subpixel else [])
+        per_point = (([intensity[valid]] if intensity is not None else []) + ([*(uv - pixel).T] if subpixel else [])
+                     + ([*values[valid].T] if values is not None else []))
         channels += [torch.zeros_like(inv).index_put_((flat[front],), c[front].to(inv.dtype)) for c in per_point]
     return torch.stack(channels).reshape(len(channels), H, W)
