@@ -1,8 +1,8 @@
 """The released jittered-rig network (calibformer_flow_jitter_narrow_sim_cpu.py, frozen) followed by learned
 appearance alignment (align.py): an image-to-LiDAR-appearance U-Net trained on the true projections of the same
-training pairs, and an L-BFGS alignment of the points to its maps at full resolution. Recorded: 5 epochs in 7.7
-minutes (44.3 with the network's 36.6); held-out jittered rigs 9.99 deg / 24.1 cm -> 1.10 deg / 17.6 cm (the
-network alone: 1.93 deg / 23.9 cm); with another frame's image 6.63 deg / 25.2 cm (tools/calib_control.py).
+training pairs, and an L-BFGS alignment of the points to its maps at full resolution. Recorded: 5 epochs in 6.9
+minutes (43.5 with the network's 36.6); held-out jittered rigs 9.99 deg / 24.1 cm -> 1.16 deg / 17.4 cm (the
+network alone: 1.93 deg / 23.9 cm); with another frame's image 6.51 deg / 25.4 cm (tools/calib_control.py).
 
 Train: python tools/train.py configs/calibformer/calibformer_align_jitter_sim_cpu.py
 Test:  python tools/test.py configs/calibformer/calibformer_align_jitter_sim_cpu.py work_dirs/calibformer_align_jitter_sim_cpu/epoch_5.pth

@@ -4,7 +4,7 @@ displacements: a correlation at 1/2 resolution (``fine=True``) feeds its displac
 
 Why: after stage 1 the displacement left in the image averages 4.9 px at 160x96 (the offset's part 2.6 px); stage
 2's head, at 1/4 cells, predicts 1.3 px of it (error 4.5 px, hardly better than predicting none), while the PnP step
-fed the true displacements with 2 px of independent noise per cell recovers the offset to 3.5 cm (README,
+fed the true displacements with 2 px of independent noise per cell recovers the offset to 3.3 cm (README,
 "CalibFormer"; tools/calib_flow_probe.py). Stage 1 is the released network, frozen.
 
 Recorded (8 epochs, 8.8 minutes, 45.4 with stage 1): held-out 1.65 deg / 24.1 cm (22.3 cm after stage 2's first
