@@ -8,7 +8,9 @@ Starts from ``--init`` (a camera-from-LiDAR 4x4 or 3x4 matrix: 12 or 16 numbers 
 ``.npy``), or from the dataset's own calibration moved by a known random miscalibration
 (``--perturb DEG M``: each angle uniform in +-DEG, each axis in +-M, ``--seed``), or from the dataset's
 calibration itself. Every frame gives an estimate; the result is their robust aggregate (component-wise
-median correction, :mod:`perception.models.calibformer.calibrate`). Writes into ``--out``:
+median correction, :mod:`perception.models.calibformer.calibrate`); a model with a learned appearance alignment
+(``--config configs/calibformer/calibformer_align_jitter_sim_cpu.py``) then aligns that median to all the frames
+at once. Writes into ``--out``:
 
 - ``extrinsic.txt``: the estimated camera-from-LiDAR 4x4;
 - ``report.json``: the start, the estimate, the dataset's calibration, and the errors of the start and of the
@@ -137,13 +139,16 @@ def main(argv: list[str] | None = None) -> int:
             "per_frame": {tok: {"rot_geodesic_deg": float(per["rot_geodesic_deg"][i]),
                                 "trans_norm_cm": float(per["trans_norm_cm"][i])} for i, tok in enumerate(result.tokens)},
             "per_frame_summary": summarize(per),
+            "joint_alignment": {None: "none (the model has none: the estimate is the frames' median)",
+                                True: "taken", False: "refused (the frames' median kept)"}[result.aligned],
         }
         (args.out / "report.json").write_text(json.dumps(report, indent=2))
         by_token = {f.token: f for f in frames}
         for tok in result.tokens[: args.overlays]:
             for name, t in (("before", init), ("after", result.estimate), ("reference", reference)):
                 Image.fromarray(overlay(by_token[tok], camera, lidar, t)).save(args.out / f"overlay_{name}_{tok}.png")
-        print(f"{camera} <- {lidar}, {len(result.tokens)} frames ({len(result.skipped)} skipped), start: {start}")
+        print(f"{camera} <- {lidar}, {len(result.tokens)} frames ({len(result.skipped)} skipped), start: {start}, "
+              f"joint alignment: {report['joint_alignment']}")
         for label, s in (("before", report["before"]), ("after", report["after"])):
             print(f"  {label:6s}: rotation {s['rot_geodesic_deg']:.3f} deg (per-axis mean {s['rot_axis_mean_deg']:.3f}), "
                   f"translation {s['trans_norm_cm']:.2f} cm (per-axis mean {s['trans_axis_mean_cm']:.2f})")

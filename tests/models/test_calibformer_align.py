@@ -9,7 +9,7 @@ from scipy.spatial.transform import Rotation
 
 from perception.eval.calibration import calibration_errors
 from perception.geometry.cameras import PinholeCamera
-from perception.models.calibformer.align import (AppearanceNet, CalibAligned, align, appearance_loss,
+from perception.models.calibformer.align import (AppearanceNet, CalibAligned, align, align_frames, appearance_loss,
                                                  appearance_targets, correlation, point_appearance)
 from perception.models.calibformer.data import CalibSimDataset
 from perception.models.calibformer.geometry import Miscalibration
@@ -61,7 +61,15 @@ def test_appearance_targets_keep_the_nearest_point_per_pixel():
     np.testing.assert_allclose(t[1:, 2, 6].numpy(), [0.7, 0.8, 0.9])  # u = 3.5 + 4 * 0.5 = 5.5 -> 6
 
 
-def _truth_maps(s):
+@pytest.fixture(scope="module")
+def two_frames():
+    """Two frames of one sequence's front camera (one extrinsic), with intensities."""
+    ds = CalibSimDataset(seeds=[7], frames=2, cameras=("CAM_F0",), size=(64, 32), max_points=4000, fixed_seed=0,
+                         intensity=True)
+    return [ds[0], ds[1]]
+
+
+def truth_maps(s):
     """Maps as a perfect AppearanceNet would predict them for pair ``s``: the true projections' appearance, with
     the holes between points filled from their neighbours."""
     pts = torch.from_numpy(s.inputs.points).double()
@@ -75,7 +83,7 @@ def _truth_maps(s):
 
 def test_alignment_to_the_true_maps_recovers_a_known_miscalibration(sim_pairs):
     s = sim_pairs[1]
-    maps, pts, app = _truth_maps(s)
+    maps, pts, app = truth_maps(s)
     truth = s.target.cam_from_lidar
     off = Miscalibration(Rotation.from_euler("xyz", [1.0, -1.5, 1.0], degrees=True).as_matrix(),
                          np.array([0.0, 0.06, 0.0]))
@@ -95,7 +103,7 @@ def test_alignment_to_the_true_maps_recovers_a_known_miscalibration(sim_pairs):
 
 def test_alignment_refuses_what_it_cannot_improve(sim_pairs):
     s = sim_pairs[0]
-    maps, pts, app = _truth_maps(s)
+    maps, pts, app = truth_maps(s)
     start = torch.tensor(s.target.cam_from_lidar)
     flat = torch.zeros_like(maps)  # nothing to align to: the correlation cannot rise
     est, taken = align(flat, pts, app, s.inputs.camera, start)
@@ -169,7 +177,7 @@ def test_aligned_config_starts_from_the_released_network_and_trains_only_the_map
 
 def test_alignment_rejects_mismatched_inputs(sim_pairs):
     s = sim_pairs[0]
-    maps, pts, app = _truth_maps(s)
+    maps, pts, app = truth_maps(s)
     start = torch.tensor(s.target.cam_from_lidar)
     with pytest.raises(ValueError, match="blur level"):
         align(maps, pts, app, s.inputs.camera, start, sigmas=())
@@ -177,3 +185,48 @@ def test_alignment_rejects_mismatched_inputs(sim_pairs):
         align(maps[:2], pts, app, s.inputs.camera, start)
     with pytest.raises(ValueError, match="start"):
         align(maps, pts, app, s.inputs.camera, start[:3])
+
+
+def test_joint_alignment_moves_one_extrinsic_for_all_frames(two_frames):
+    truth = two_frames[0].target.cam_from_lidar
+    np.testing.assert_allclose(two_frames[1].target.cam_from_lidar, truth)
+    frames = [(m, p, a, s.inputs.camera) for s in two_frames for m, p, a in [truth_maps(s)]]
+    off = Miscalibration(Rotation.from_euler("xyz", [1.0, -1.5, 1.0], degrees=True).as_matrix(),
+                         np.array([0.0, 0.06, 0.0]))
+    start = torch.from_numpy(off.apply(truth))
+    est, taken = align_frames(frames, start)
+    assert taken
+    before = calibration_errors(start.numpy()[None], truth[None])
+    after = calibration_errors(est.numpy()[None], truth[None])
+    assert after["rot_geodesic_deg"][0] < 0.4 * before["rot_geodesic_deg"][0]
+    assert after["trans_norm_cm"][0] < before["trans_norm_cm"][0]
+    # one frame listed twice is that frame's own alignment: the objective is the mean over the frames
+    one, _ = align(*frames[0][:3], frames[0][3], start)
+    twice, _ = align_frames([frames[0], frames[0]], start)
+    np.testing.assert_allclose(twice.numpy(), one.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="no frames"):
+        align_frames([], start)
+    with pytest.raises(ValueError, match="appearance"):
+        align_frames([frames[0], (frames[1][0][:2],) + frames[1][1:]], start)
+
+
+def test_aligned_model_aligns_a_sequence_and_counts_refusals(two_frames, tmp_path, monkeypatch):
+    from perception.models.calibformer.model import CalibFormer
+
+    ckpt = tmp_path / "net.pth"
+    torch.save({"state_dict": CalibFormer(**TINY).state_dict()}, ckpt)
+    model = CalibAligned(dict(TINY), init_from=str(ckpt), widths=(8, 16, 16, 16)).eval()
+    truth = two_frames[0].target.cam_from_lidar
+    start = torch.from_numpy(Miscalibration(Rotation.from_euler("xyz", [0.5, 1.0, -1.0], degrees=True).as_matrix(),
+                                            np.zeros(3)).apply(truth))
+    batch = model.data_preprocessor(two_frames)["inputs"]
+    perfect = torch.stack([truth_maps(s)[0] for s in two_frames]).float()
+    assert model.maps(batch.image).shape == perfect.shape  # the network's own maps, as probabilities
+    monkeypatch.setattr(model, "maps", lambda image: perfect)
+    est, taken = model.align_sequence(batch, start)
+    assert taken and model.refused == 0
+    errs = calibration_errors(np.stack([start.numpy(), est.numpy()]), np.stack([truth, truth]))["rot_geodesic_deg"]
+    assert errs[1] < 0.4 * errs[0]
+    monkeypatch.setattr(model, "maps", lambda image: torch.zeros_like(perfect))  # nothing to align to
+    est, taken = model.align_sequence(batch, start)
+    assert not taken and model.refused == 1 and torch.equal(est, start.double())

@@ -43,12 +43,37 @@ def test_calibrate_kitti360_from_a_known_perturbation(data_root, tmp_path):
     assert rep["camera"] == "image_00" and rep["frames"] == ["0000003000", "0000003001"]
     assert 0 < rep["before"]["rot_geodesic_deg"] < 10 * np.sqrt(3) and rep["before"]["trans_norm_cm"] > 0
     assert np.isfinite(rep["after"]["rot_geodesic_deg"]) and np.isfinite(rep["after"]["trans_norm_cm"])
+    assert rep["joint_alignment"].startswith("none")  # the released network alone: the frames' median
     est = np.loadtxt(out / "extrinsic.txt")
     np.testing.assert_allclose(est, rep["estimate"], atol=1e-8)
     raw = np.asarray(Image.open(data_root / "kitti360/image_00/0000003000.png").convert("RGB"))
     for name in ("before", "after", "reference"):
         img = np.asarray(Image.open(out / f"overlay_{name}_0000003000.png"))
         assert img.shape == raw.shape and (img != raw).any(axis=2).mean() > 0.02  # points drawn
+
+
+@needs_data
+@pytest.mark.data
+def test_calibrate_with_an_aligned_model_aligns_the_median_over_the_frames(data_root, tmp_path):
+    """The aligned config (the released network + an appearance net, here untrained) through the same tool."""
+    import torch
+    from mmengine.config import Config
+
+    from perception.models.calibformer.calibrate import ROOT
+
+    config = ROOT / "configs/calibformer/calibformer_align_jitter_sim_cpu.py"
+    cfg = Config.fromfile(config)
+    torch.manual_seed(0)
+    model = cfg.model.type(**{k: v for k, v in cfg.model.items() if k != "type"})
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "aligned.pth")
+    out = tmp_path / "calib"
+    assert calibrate.main(["--source", "kitti360", "--root", str(data_root / "kitti360"), "--perturb", "2", "0.05",
+                           "--frames", "2", "--config", str(config), "--checkpoint", str(tmp_path / "aligned.pth"),
+                           "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["joint_alignment"] in ("taken", "refused (the frames' median kept)")
+    np.testing.assert_allclose(np.loadtxt(out / "extrinsic.txt"), rep["estimate"], atol=1e-8)
+    assert np.isfinite(rep["after"]["rot_geodesic_deg"]) and np.isfinite(rep["after"]["trans_norm_cm"])
 
 
 @needs_data

@@ -152,17 +152,32 @@ def align(maps: torch.Tensor, points: torch.Tensor, appearance: torch.Tensor, ca
           start: torch.Tensor, sigmas: Sequence[float] = (3.0, 1.5, 0.75), iters: int = 30,
           max_deg: float = 3.0, max_m: float = 0.15) -> tuple[torch.Tensor, bool]:
     """``start [4, 4]`` moved to maximise :func:`correlation` of ``maps [C, H, W]`` (probabilities) with the
-    points' ``appearance [N, C]``: a correction ``[R_d R | t + t_d]`` (geometry.py's convention) with each
-    rotation-vector component within ``max_deg`` and each translation within ``max_m`` (tanh-bounded), by L-BFGS
-    at each blur ``sigmas`` in turn. Returns the estimate and whether it was taken (False: the correlation at the
-    finest blur did not rise, or became non-finite, and ``start`` is returned)."""
+    points' ``appearance [N, C]``: :func:`align_frames` with one frame."""
+    return align_frames([(maps, points, appearance, camera)], start, sigmas, iters, max_deg, max_m)
+
+
+def align_frames(frames: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, CameraModel]], start: torch.Tensor,
+                 sigmas: Sequence[float] = (3.0, 1.5, 0.75), iters: int = 30, max_deg: float = 3.0,
+                 max_m: float = 0.15) -> tuple[torch.Tensor, bool]:
+    """One extrinsic for several frames of the same (camera, LiDAR) pair: ``start [4, 4]`` moved to maximise the
+    mean over ``frames`` (each ``(maps [C, H, W]`` probabilities, ``points [N, 3]``, their ``appearance [N, C]``,
+    ``camera)``) of :func:`correlation`. The update is a correction ``[R_d R | t + t_d]`` (geometry.py's
+    convention) with each rotation-vector component within ``max_deg`` and each translation within ``max_m``
+    (tanh-bounded), by L-BFGS at each blur ``sigmas`` in turn. Returns the estimate and whether it was taken
+    (False: the mean correlation at the finest blur did not rise, or became non-finite, and ``start`` is
+    returned)."""
     if not sigmas:
         raise ValueError("align: needs at least one blur level in sigmas")
-    if maps.ndim != 3 or appearance.shape != (len(points), maps.shape[0]) or tuple(start.shape) != (4, 4):
-        raise ValueError(f"align: maps [C, H, W], appearance [N, C] for points [N, 3] and start [4, 4] expected, got "
-                         f"{tuple(maps.shape)}, {tuple(appearance.shape)}, {tuple(points.shape)}, {tuple(start.shape)}")
+    if not frames:
+        raise ValueError("align_frames: no frames")
+    if tuple(start.shape) != (4, 4):
+        raise ValueError(f"align: start must be [4, 4], got {tuple(start.shape)}")
+    for maps, points, appearance, _ in frames:
+        if maps.ndim != 3 or appearance.shape != (len(points), maps.shape[0]):
+            raise ValueError(f"align: maps [C, H, W] and appearance [N, C] for points [N, 3] expected, got "
+                             f"{tuple(maps.shape)}, {tuple(appearance.shape)}, {tuple(points.shape)}")
     start = start.double()
-    pts, app = points.double(), appearance.double()
+    data = [(p.double(), a.double(), cam) for _, p, a, cam in frames]
     lim = torch.tensor([np.radians(max_deg)] * 3 + [max_m] * 3, dtype=torch.float64, device=start.device)
     xi = torch.zeros(6, dtype=torch.float64, device=start.device, requires_grad=True)
 
@@ -170,22 +185,25 @@ def align(maps: torch.Tensor, points: torch.Tensor, appearance: torch.Tensor, ca
         d = lim * torch.tanh(xi)
         return _rotmat(d[:3]) @ start[:3, :3], start[:3, 3] + d[3:]
 
+    def score(blurred: list[torch.Tensor], r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return sum(correlation(b, p, a, cam, r, t) for b, (p, a, cam) in zip(blurred, data)) / len(data)
+
     with torch.enable_grad():
         for sigma in sigmas:
-            blurred = _blur(maps.double(), sigma)
+            blurred = [_blur(m.double(), sigma) for m, *_ in frames]
             opt = torch.optim.LBFGS([xi], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
 
             def closure() -> torch.Tensor:
                 opt.zero_grad()
-                loss = -correlation(blurred, pts, app, camera, *pose())
+                loss = -score(blurred, *pose())
                 loss.backward()
                 return loss
 
             opt.step(closure)
     with torch.no_grad():
         r, t = pose()
-        before = correlation(blurred, pts, app, camera, start[:3, :3], start[:3, 3])
-        after = correlation(blurred, pts, app, camera, r, t)
+        before = score(blurred, start[:3, :3], start[:3, 3])
+        after = score(blurred, r, t)
     if not (torch.isfinite(after) and after > before and torch.isfinite(r).all() and torch.isfinite(t).all()):
         return start, False
     out = start.clone()
@@ -260,10 +278,28 @@ class CalibAligned(BaseModel):
         raise ValueError(f"CalibAligned: mode must be 'tensor', 'loss' or 'predict', got {mode!r}")
 
     @torch.no_grad()
+    def maps(self, image: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """:class:`AppearanceNet`'s probabilities ``[B, 3, H, W]`` for ``image [B, 3, H, W]``, ``chunk`` images at a time."""
+        return torch.cat([torch.sigmoid(self.appearance(image[i:i + chunk])) for i in range(0, len(image), chunk)])
+
+    @torch.no_grad()
+    def align_sequence(self, batch: CalibBatch, start: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """One extrinsic for all of ``batch``'s pairs (frames of one camera and LiDAR): :func:`align_frames` from
+        ``start [4, 4]`` (the pairs' own ``init`` is not used). Returns the estimate and whether it was taken (a
+        refusal is counted in :attr:`refused`)."""
+        maps = self.maps(batch.image)
+        keep = slice(None) if batch.intensity is not None else slice(0, 1)
+        frames = [(m[keep], p, a[:, keep], cam)
+                  for m, p, a, cam in zip(maps, batch.points, self._appearance(batch), batch.cameras)]
+        est, taken = align_frames(frames, start.to(maps.device), self.sigmas, self.iters, self.max_deg, self.max_m)
+        self.refused += not taken
+        return est, taken
+
+    @torch.no_grad()
     def predict(self, batch: CalibBatch, iterations: int | None = None) -> list[CalibPrediction]:
         """The network's estimate (over ``iterations``, default its own), then aligned."""
         steps = self.network.refine(batch, iterations)  # [K+1, B, 4, 4]
-        maps = torch.sigmoid(self.appearance(batch.image))
+        maps = self.maps(batch.image)
         has_intensity = batch.intensity is not None
         out = []
         for b, (pts, app, cam) in enumerate(zip(batch.points, self._appearance(batch), batch.cameras)):

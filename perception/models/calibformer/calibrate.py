@@ -4,7 +4,9 @@
 one starting extrinsic, and aggregates the per-frame corrections robustly: the component-wise
 median of their rotation vectors and translations (one bad frame, e.g. a frame with the view
 blocked, moves the result by at most one rank). Corrections are small (at most tens of degrees), so
-the rotation vector is a fair coordinate for a median.
+the rotation vector is a fair coordinate for a median. A model with a learned appearance alignment
+(:class:`~.align.CalibAligned`) then aligns that median to all the frames at once (:func:`~.align.align_frames`:
+one extrinsic, the mean correlation over the frames), which sees more structure than any one frame.
 
 Real cameras are fed at the model's trained *focal length* in pixels (``focal_px``, 114 px for the
 160x96 synthetic training images), not at its training image size: the image is scaled so that its
@@ -62,13 +64,36 @@ def median_correction(corrections: Sequence[Miscalibration]) -> Miscalibration:
 @dataclass(frozen=True)
 class SequenceCalibration:
     """``estimate [4, 4]`` (camera-from-LiDAR) from ``init [4, 4]`` over ``tokens``; ``per_frame [F, 4, 4]`` the
-    single-frame estimates; ``skipped`` frames that could not be used, with the reason."""
+    single-frame estimates; ``skipped`` frames that could not be used, with the reason; ``aligned``: whether the
+    joint alignment over all frames was taken (None: the model has none, the estimate is the median; False: it
+    was refused and the median kept)."""
 
     init: np.ndarray
     estimate: np.ndarray
     per_frame: np.ndarray
     tokens: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = ()
+    aligned: bool | None = None
+
+
+def calibrate_samples(model, samples: Sequence[CalibSample], init: np.ndarray, iterations: int | None = None,
+                      batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, bool | None]:
+    """One extrinsic for ``samples`` (frames of one camera-LiDAR pair at one size, inputs from ``init [4, 4]``):
+    ``model``'s per-frame estimates, their :func:`median_correction` applied to ``init``, then, for a model with
+    ``align_sequence`` (:class:`~.align.CalibAligned`), one alignment of that median over all the frames together.
+    Returns ``(estimate [4, 4], per_frame [F, 4, 4], aligned)`` (see :class:`SequenceCalibration`)."""
+    if not samples:
+        raise ValueError("calibrate_samples: no samples")
+    per = []
+    for s in range(0, len(samples), batch_size):
+        data = model.data_preprocessor(list(samples[s:s + batch_size]))
+        per += [p.cam_from_lidar for p in model.predict(data["inputs"], iterations)]
+    est = median_correction([Miscalibration.between(init, p) for p in per]).apply(init)
+    aligned = None
+    if hasattr(model, "align_sequence"):
+        joint, aligned = model.align_sequence(model.data_preprocessor(list(samples))["inputs"], torch.from_numpy(est))
+        est = joint.cpu().numpy()
+    return est, np.stack(per), aligned
 
 
 class Calibrator:
@@ -82,28 +107,35 @@ class Calibrator:
         self.iterations = iterations
         self.focal_px = focal_px
 
+    def sample(self, frame: Frame, camera: str, init: np.ndarray, lidar: str | None = None) -> CalibSample:
+        """``frame``'s pair as the model's input, at the size that gives the trained focal length, from ``init``."""
+        if camera not in frame.calib.cameras:
+            raise KeyError(f"Calibrator ({frame.token}): no calibration for camera {camera!r}")
+        size = model_size(frame.calib.cameras[camera], self.focal_px)
+        x, _ = calib_input(frame, camera, size, lidar=lidar, init=init, intensity=self.model.reads_intensity)
+        return CalibSample(x)
+
     @torch.no_grad()
     def estimate_frame(self, frame: Frame, camera: str, init: np.ndarray, lidar: str | None = None) -> np.ndarray:
         """One frame's estimated ``[4, 4]`` camera-from-LiDAR, refined from ``init``."""
-        size = model_size(frame.calib.cameras[camera], self.focal_px)
-        x, _ = calib_input(frame, camera, size, lidar=lidar, init=init, intensity=self.model.reads_intensity)
-        data = self.model.data_preprocessor([CalibSample(x)])
+        data = self.model.data_preprocessor([self.sample(frame, camera, init, lidar)])
         return self.model.predict(data["inputs"], self.iterations)[0].cam_from_lidar
 
+    @torch.no_grad()
     def calibrate(self, frames: Sequence[Frame], camera: str, init: np.ndarray, lidar: str | None = None) -> SequenceCalibration:
-        """Per-frame estimates from ``init`` and their robust aggregate (frames without the camera or points are skipped)."""
+        """:func:`calibrate_samples` over ``frames`` from ``init`` (frames without the camera or points are skipped)."""
         init = np.asarray(init, np.float64)
-        per, tokens, skipped = [], [], []
+        samples, tokens, skipped = [], [], []
         for f in frames:
             try:
-                per.append(self.estimate_frame(f, camera, init, lidar))
+                samples.append(self.sample(f, camera, init, lidar))
                 tokens.append(f.token)
             except (KeyError, ValueError) as e:  # a frame without this camera, or without finite points
                 skipped.append((f.token, str(e)))
-        if not per:
+        if not samples:
             raise ValueError(f"Calibrator: no usable frame for camera {camera!r}: {skipped[:3]}")
-        corr = median_correction([Miscalibration.between(init, p) for p in per])
-        return SequenceCalibration(init, corr.apply(init), np.stack(per), tuple(tokens), tuple(skipped))
+        est, per, aligned = calibrate_samples(self.model, samples, init, self.iterations)
+        return SequenceCalibration(init, est, per, tuple(tokens), tuple(skipped), aligned)
 
 
 @dataclass
