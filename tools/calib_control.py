@@ -65,6 +65,20 @@ def means(extrinsics: np.ndarray, samples: list) -> dict[str, float]:
     return {k: round(float(m[k]), 3) for k in KEYS}
 
 
+def print_rows(out: dict, names: tuple[str, ...]) -> None:
+    """One line per ``out[name]`` (a :data:`KEYS` dict of means): the name, then each mean."""
+    w = max(map(len, names))
+    for name in names:
+        print(f"{name:>{w}}: " + "  ".join(f"{k.replace('_mean', '')} {v:.2f}" for k, v in out[name].items()))
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    """``data`` as indented JSON at ``path`` (its folder made); nothing for None (no ``--json``)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2))
+
+
 def held_out(config: str) -> list:
     """The held-out pairs of ``config``'s test dataloader, as a list of samples."""
     from mmengine.config import Config
@@ -89,11 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"pairs": len(samples), "initial": means(np.stack([s.inputs.init for s in samples]), samples),
            "own image": means(estimates(model, samples), samples),
            "another frame's image": means(estimates(model, swap_images(samples, args.shift)), samples)}
-    for name in ("initial", "own image", "another frame's image"):
-        print(f"{name:>22}: " + "  ".join(f"{k.replace('_mean', '')} {v:.2f}" for k, v in out[name].items()))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
+    print_rows(out, ("initial", "own image", "another frame's image"))
+    write_json(args.json, out)
     return 0
 
 

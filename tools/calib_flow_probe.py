@@ -14,7 +14,6 @@ from each field. The answer to "is the image's offset signal there, and does the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from perception.pipeline.model_stage import ModelStage
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from calib_control import estimates, held_out
+    from calib_control import estimates, held_out, write_json
 
     model = ModelStage(args.config, args.checkpoint, carry=False).model.eval()
     stages = list(model.stages) if isinstance(model, CalibCascade) else [model]
@@ -102,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'displacement, ' + name:>28}: {mean:.2f} px (median {med:.2f})")
     for name, (mean, med) in out["pnp_cm"].items():
         print(f"{'offset after PnP, ' + name:>28}: {mean:.1f} cm (median {med:.1f})")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     return 0
 
 

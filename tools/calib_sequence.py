@@ -1,0 +1,107 @@
+#!/usr/bin/env python
+"""CalibFormer over whole sequences, as tools/calibrate.py uses it, on a config's held-out synthetic pairs: one
+miscalibration per rig (a held-out sequence's camera, whose frames share one mount), drawn ``--draws`` times, and
+each rig's frames calibrated together by
+:func:`perception.models.calibformer.calibrate.calibrate_samples` (per-frame estimates, their median, and for an
+aligned model one alignment of the median over all the frames).
+
+    python tools/calib_sequence.py configs/calibformer/calibformer_align_jitter_sim_cpu.py work_dirs/calibformer_align_jitter_sim_cpu/epoch_5.pth
+
+Prints (and with ``--json`` writes) the per-axis means over the rigs of the start, of the frames one at a time, of
+their median and of the sequence's estimate, and how many joint alignments were refused.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from perception.engine.cli import clean_errors  # noqa: E402
+from tools.calib_control import KEYS, held_out, print_rows, write_json  # noqa: E402
+
+
+def rigs(samples: list) -> dict[tuple[str, str], list]:
+    """``samples`` grouped by rig: (sequence, camera) from the token ``<sequence>_<frame>/<camera>`` (the synthetic
+    world's), in order. Every rig's pairs must share their true extrinsic."""
+    out: dict[tuple[str, str], list] = {}
+    for s in samples:
+        frame, _, camera = s.inputs.token.rpartition("/")
+        seq, sep, _ = frame.rpartition("_")
+        if not (sep and camera):
+            raise ValueError(f"rigs: token {s.inputs.token!r} is not <sequence>_<frame>/<camera>")
+        out.setdefault((seq, camera), []).append(s)
+    for key, ss in out.items():
+        truth = np.stack([s.target.cam_from_lidar for s in ss])
+        if np.abs(truth - truth[0]).max() > 1e-9:
+            raise ValueError(f"rigs: the frames of {key} do not share one true extrinsic")
+    return out
+
+
+def evaluate(model, samples: list, draws: int = 3, max_deg: float = 10.0, max_m: float = 0.25, seed: int = 0) -> dict:
+    """Per-axis means (``calib_control.KEYS``) over ``draws`` miscalibrations of every rig of ``samples``, of:
+    ``initial``, ``per_frame`` (every frame's own estimate), ``median`` (of a rig's frames) and ``sequence`` (the
+    rig's estimate); ``rigs``, ``estimates``, ``refused`` (joint alignments refused; None for a model without)."""
+    from perception.eval.calibration import calibration_errors, summarize
+    from perception.models.calibformer.calibrate import calibrate_samples, median_correction
+    from perception.models.calibformer.geometry import Miscalibration, sample_miscalibration
+
+    found = rigs(samples)
+    est: dict[str, list] = {"initial": [], "median": [], "sequence": [], "truth": []}
+    frames, frame_truth, refused = [], [], 0
+    for r, ss in enumerate(found.values()):
+        truth = ss[0].target.cam_from_lidar
+        for d in range(draws):
+            init = sample_miscalibration(np.random.default_rng([seed, r, d]), max_deg, max_m).apply(truth)
+            batch = [replace(s, inputs=replace(s.inputs, init=init)) for s in ss]
+            seq, per, aligned = calibrate_samples(model, batch, init)
+            refused += aligned is False
+            med = median_correction([Miscalibration.between(init, p) for p in per]).apply(init)
+            for k, v in (("initial", init), ("median", med), ("sequence", seq), ("truth", truth)):
+                est[k].append(v)
+            frames.append(per)
+            frame_truth += [truth] * len(per)
+
+    def means(e: np.ndarray, t: np.ndarray) -> dict[str, float]:
+        m = summarize(calibration_errors(e, t))
+        return {k: round(float(m[k]), 3) for k in KEYS}
+
+    truth = np.stack(est["truth"])
+    return {"rigs": len(found), "estimates": len(truth), "refused": refused if hasattr(model, "align_sequence") else None,
+            "initial": means(np.stack(est["initial"]), truth),
+            "per_frame": means(np.concatenate(frames), np.stack(frame_truth)),
+            "median": means(np.stack(est["median"]), truth), "sequence": means(np.stack(est["sequence"]), truth)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--draws", type=int, default=3, help="miscalibrations per rig (default 3)")
+    p.add_argument("--range", nargs=2, type=float, default=(10.0, 0.25), metavar=("DEG", "M"),
+                   help="per-axis bound of the miscalibrations (default 10 deg, 0.25 m)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    if args.draws < 1:
+        p.error("--draws must be at least 1")
+    import torch
+
+    from perception.pipeline.model_stage import ModelStage
+
+    model = ModelStage(args.config, args.checkpoint, carry=False).model
+    with torch.no_grad():
+        out = evaluate(model, held_out(args.config), args.draws, *args.range, seed=args.seed)
+    print(f"{out['rigs']} rigs x {args.draws} draws; joint alignments refused: {out['refused']}")
+    print_rows(out, ("initial", "per_frame", "median", "sequence"))
+    write_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    with clean_errors("calib_sequence.py"):
+        sys.exit(main())
