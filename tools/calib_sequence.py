@@ -42,10 +42,14 @@ def rigs(samples: list) -> dict[tuple[str, str], list]:
     return out
 
 
-def evaluate(model, samples: list, draws: int = 3, max_deg: float = 10.0, max_m: float = 0.25, seed: int = 0) -> dict:
+def evaluate(model, samples: list, draws: int = 3, max_deg: float = 10.0, max_m: float = 0.25, seed: int = 0,
+             progress: bool = False) -> dict:
     """Per-axis means (``calib_control.KEYS``) over ``draws`` miscalibrations of every rig of ``samples``, of:
     ``initial``, ``per_frame`` (every frame's own estimate), ``median`` (of a rig's frames) and ``sequence`` (the
-    rig's estimate); ``rigs``, ``estimates``, ``refused`` (joint alignments refused; None for a model without)."""
+    rig's estimate); ``rigs``, ``estimates``, ``refused`` (joint alignments refused; None for a model without).
+    ``progress``: a bar over the rigs' estimates."""
+    from tqdm import tqdm
+
     from perception.eval.calibration import calibration_errors, summarize
     from perception.models.calibformer.calibrate import calibrate_samples, median_correction
     from perception.models.calibformer.geometry import Miscalibration, sample_miscalibration
@@ -53,6 +57,7 @@ def evaluate(model, samples: list, draws: int = 3, max_deg: float = 10.0, max_m:
     found = rigs(samples)
     est: dict[str, list] = {"initial": [], "median": [], "sequence": [], "truth": []}
     frames, frame_truth, refused = [], [], 0
+    bar = tqdm(total=len(found) * draws, desc="rig estimates", unit="rig", disable=not progress)
     for r, ss in enumerate(found.values()):
         truth = ss[0].target.cam_from_lidar
         for d in range(draws):
@@ -65,6 +70,8 @@ def evaluate(model, samples: list, draws: int = 3, max_deg: float = 10.0, max_m:
                 est[k].append(v)
             frames.append(per)
             frame_truth += [truth] * len(per)
+            bar.update()
+    bar.close()
 
     def means(e: np.ndarray, t: np.ndarray) -> dict[str, float]:
         m = summarize(calibration_errors(e, t))
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = ModelStage(args.config, args.checkpoint, carry=False).model
     with torch.no_grad():
-        out = evaluate(model, held_out(args.config), args.draws, *args.range, seed=args.seed)
+        out = evaluate(model, held_out(args.config), args.draws, *args.range, seed=args.seed, progress=True)
     print(f"{out['rigs']} rigs x {args.draws} draws; joint alignments refused: {out['refused']}")
     print_rows(out, ("initial", "per_frame", "median", "sequence"))
     write_json(args.json, out)
