@@ -84,8 +84,9 @@ def before_after(init: np.ndarray, est: np.ndarray, gt: np.ndarray) -> dict[str,
 
 
 class CalibrationMetric(BaseMetric):
-    """mmengine metric over CalibFormer's predictions: errors before (``init/``) and after refinement, and the
-    per-iteration geodesic / translation means ``iter<k>/...``."""
+    """mmengine metric over CalibFormer's predictions: errors before (``init/``) and after refinement, the
+    per-iteration geodesic / translation means ``iter<k>/...``, and for a model with an appearance alignment
+    ``align_refused``, the number of pairs whose alignment was refused (their estimate is the network's)."""
 
     default_prefix = "calib"
 
@@ -93,14 +94,17 @@ class CalibrationMetric(BaseMetric):
         for sample, pred in zip(data_batch, data_samples):
             if sample.target is None:
                 raise ValueError(f"CalibrationMetric: pair {sample.inputs.token} has no true extrinsic")
-            self.results.append((pred.steps, sample.target.cam_from_lidar))
+            self.results.append((pred.steps, sample.target.cam_from_lidar, getattr(pred, "aligned", None)))
 
     def compute_metrics(self, results: list) -> dict[str, float]:
-        steps = np.stack([s for s, _ in results])  # [N, K+1, 4, 4]
-        gt = np.stack([g for _, g in results])
+        steps = np.stack([s for s, _, _ in results])  # [N, K+1, 4, 4]
+        gt = np.stack([g for _, g, _ in results])
         out = before_after(steps[:, 0], steps[:, -1], gt)
         for k in range(1, steps.shape[1] - 1):
             e = calibration_errors(steps[:, k], gt)
             out[f"iter{k}/rot_geodesic_deg_mean"] = float(e["rot_geodesic_deg"].mean())
             out[f"iter{k}/trans_norm_cm_mean"] = float(e["trans_norm_cm"].mean())
+        aligned = [a for _, _, a in results if a is not None]
+        if aligned:
+            out["align_refused"] = float(len(aligned) - sum(aligned))
         return out

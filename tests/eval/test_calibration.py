@@ -79,3 +79,28 @@ def test_identical_extrinsics_give_zero_error_even_when_nearly_orthonormal():
     gt[:3, :3] += 1e-7 * np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]])  # a real calibration's small defect
     e = calibration_errors(gt, gt)
     assert e["rot_geodesic_deg"][0] < 1e-6 and e["trans_norm_cm"][0] == 0.0
+
+
+def test_metric_reports_before_after_iterations_and_refused_alignments():
+    from perception.eval.calibration import CalibrationMetric
+    from perception.models.calibformer.data import CalibTarget
+    from perception.models.calibformer.model import CalibPrediction
+
+    class Pair:  # what the metric reads of a batch's sample: its token and truth
+        def __init__(self, token, truth):
+            self.inputs, self.target = type("Inputs", (), {"token": token})(), CalibTarget(truth)
+
+    truth = np.eye(4)
+    steps = np.stack([extrinsic((0, 2, 0)), extrinsic((0, 1, 0)), truth])  # start 2 deg off, 1 deg after the network, 0 after the alignment
+    for aligned, refused in ((None, None), (True, 0.0), (False, 1.0)):
+        metric = CalibrationMetric()
+        metric.process([Pair("a", truth)], [CalibPrediction("a", steps[-1], steps[0], steps, aligned)])
+        out = metric.compute_metrics(metric.results)
+        assert out["init/rot_geodesic_deg_mean"] == pytest.approx(2.0)
+        assert out["rot_geodesic_deg_mean"] == pytest.approx(0.0, abs=1e-6)
+        assert out["iter1/rot_geodesic_deg_mean"] == pytest.approx(1.0)
+        assert out.get("align_refused") == refused
+    metric = CalibrationMetric()
+    with pytest.raises(ValueError, match="no true extrinsic"):
+        metric.process([type("S", (), {"inputs": Pair("b", truth).inputs, "target": None})()],
+                       [CalibPrediction("b", truth, truth, steps[:1])])

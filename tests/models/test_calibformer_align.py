@@ -155,6 +155,7 @@ def test_aligned_model_trains_only_its_maps_and_predicts_after_the_network(sim_p
     net_preds = net.eval()(**net.data_preprocessor(batch), mode="predict")
     for p, q in zip(preds, net_preds):
         np.testing.assert_allclose(p.steps[:2], q.steps, atol=1e-9)  # the network's steps, then the alignment
+        assert isinstance(p.aligned, bool) and q.aligned is None  # taken or refused; the network has none
         assert np.isfinite(p.cam_from_lidar).all()
     with pytest.raises(ValueError, match="true extrinsic"):
         model(model.data_preprocessor(batch)["inputs"], [None] * 3, mode="loss")

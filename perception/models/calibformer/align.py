@@ -308,5 +308,5 @@ class CalibAligned(BaseModel):
                                self.max_deg, self.max_m)
             self.refused += not taken
             s = torch.cat([steps[:, b], est[None].to(steps.dtype)]).cpu().numpy()
-            out.append(CalibPrediction(batch.tokens[b], s[-1], s[0], s))
+            out.append(CalibPrediction(batch.tokens[b], s[-1], s[0], s, taken))
         return out

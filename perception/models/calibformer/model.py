@@ -81,12 +81,14 @@ class CalibBatch:
 @dataclass(frozen=True)
 class CalibPrediction:
     """``cam_from_lidar [4, 4]`` estimated from ``init [4, 4]``; ``steps [K+1, 4, 4]`` the estimate after each iteration
-    (``steps[0] = init``)."""
+    (``steps[0] = init``); ``aligned``: for a model with an appearance alignment as its last step, whether it was
+    taken (False: refused, the step repeats the one before), else None."""
 
     token: str
     cam_from_lidar: np.ndarray
     init: np.ndarray
     steps: np.ndarray
+    aligned: bool | None = None
 
 
 class CalibPreprocessor(BaseDataPreprocessor):
