@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with clean_errors("calibrate.py"):
         from PIL import Image
+        from tqdm import tqdm
 
         from perception.eval.calibration import calibration_errors, summarize
         from perception.models.calibformer.calibrate import RELEASED, Calibrator
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
         reader = open_source(args.source, args.root)
         n = len(reader) if args.frames is None else min(args.frames, len(reader))
-        frames = [reader.load(i).frame for i in range(n)]
+        frames = [reader.load(i).frame for i in tqdm(range(n), desc="reading", unit="frame")]
         if not frames:
             raise DataError(args.root, "no frames")
         f0 = frames[0]
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             init, start = reference, "dataset calibration"
 
         cal = Calibrator(args.config or RELEASED[0], args.checkpoint or RELEASED[1], iterations=args.iterations)
-        result = cal.calibrate(frames, camera, init, lidar)
+        result = cal.calibrate(frames, camera, init, lidar, progress=True)
 
         args.out.mkdir(parents=True, exist_ok=True)
         np.savetxt(args.out / "extrinsic.txt", result.estimate, fmt="%.9f", header=f"{camera}_from_{lidar} (4x4)")

@@ -77,17 +77,22 @@ class SequenceCalibration:
 
 
 def calibrate_samples(model, samples: Sequence[CalibSample], init: np.ndarray, iterations: int | None = None,
-                      batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, bool | None]:
+                      batch_size: int = 16, progress: bool = False) -> tuple[np.ndarray, np.ndarray, bool | None]:
     """One extrinsic for ``samples`` (frames of one camera-LiDAR pair at one size, inputs from ``init [4, 4]``):
     ``model``'s per-frame estimates, their :func:`median_correction` applied to ``init``, then, for a model with
     ``align_sequence`` (:class:`~.align.CalibAligned`), one alignment of that median over all the frames together.
-    Returns ``(estimate [4, 4], per_frame [F, 4, 4], aligned)`` (see :class:`SequenceCalibration`)."""
+    Returns ``(estimate [4, 4], per_frame [F, 4, 4], aligned)`` (see :class:`SequenceCalibration`); ``progress``:
+    a bar over the frames."""
+    from tqdm import tqdm
+
     if not samples:
         raise ValueError("calibrate_samples: no samples")
     per = []
-    for s in range(0, len(samples), batch_size):
-        data = model.data_preprocessor(list(samples[s:s + batch_size]))
-        per += [p.cam_from_lidar for p in model.predict(data["inputs"], iterations)]
+    with tqdm(total=len(samples), desc="calibrating", unit="frame", disable=not progress) as bar:
+        for s in range(0, len(samples), batch_size):
+            data = model.data_preprocessor(list(samples[s:s + batch_size]))
+            per += [p.cam_from_lidar for p in model.predict(data["inputs"], iterations)]
+            bar.update(len(data["inputs"].tokens))
     est = median_correction([Miscalibration.between(init, p) for p in per]).apply(init)
     aligned = None
     if hasattr(model, "align_sequence"):
@@ -122,8 +127,10 @@ class Calibrator:
         return self.model.predict(data["inputs"], self.iterations)[0].cam_from_lidar
 
     @torch.no_grad()
-    def calibrate(self, frames: Sequence[Frame], camera: str, init: np.ndarray, lidar: str | None = None) -> SequenceCalibration:
-        """:func:`calibrate_samples` over ``frames`` from ``init`` (frames without the camera or points are skipped)."""
+    def calibrate(self, frames: Sequence[Frame], camera: str, init: np.ndarray, lidar: str | None = None,
+                  progress: bool = False) -> SequenceCalibration:
+        """:func:`calibrate_samples` over ``frames`` from ``init`` (frames without the camera or points are skipped;
+        ``progress``: a bar over the frames)."""
         init = np.asarray(init, np.float64)
         samples, tokens, skipped = [], [], []
         for f in frames:
@@ -134,7 +141,7 @@ class Calibrator:
                 skipped.append((f.token, str(e)))
         if not samples:
             raise ValueError(f"Calibrator: no usable frame for camera {camera!r}: {skipped[:3]}")
-        est, per, aligned = calibrate_samples(self.model, samples, init, self.iterations)
+        est, per, aligned = calibrate_samples(self.model, samples, init, self.iterations, progress=progress)
         return SequenceCalibration(init, est, per, tuple(tokens), tuple(skipped), aligned)
 
 
