@@ -57,12 +57,17 @@ def estimates(model, samples: list, batch_size: int = 16) -> np.ndarray:
     return np.stack(out)
 
 
-def means(extrinsics: np.ndarray, samples: list) -> dict[str, float]:
-    """Per-axis and norm means of ``extrinsics [N, 4, 4]``'s errors against the samples' truth."""
+def error_means(extrinsics: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """The :data:`KEYS` (per-axis and norm means) of ``extrinsics [N, 4, 4]``'s errors against ``truth [N, 4, 4]``."""
     from perception.eval.calibration import calibration_errors, summarize
 
-    m = summarize(calibration_errors(extrinsics, np.stack([s.target.cam_from_lidar for s in samples])))
+    m = summarize(calibration_errors(extrinsics, truth))
     return {k: round(float(m[k]), 3) for k in KEYS}
+
+
+def means(extrinsics: np.ndarray, samples: list) -> dict[str, float]:
+    """:func:`error_means` of ``extrinsics [N, 4, 4]`` against the samples' truth."""
+    return error_means(extrinsics, np.stack([s.target.cam_from_lidar for s in samples]))
 
 
 def print_rows(out: dict, names: tuple[str, ...]) -> None:

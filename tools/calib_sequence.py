@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from perception.engine.cli import clean_errors  # noqa: E402
-from tools.calib_control import KEYS, held_out, print_rows, write_json  # noqa: E402
+from tools.calib_control import error_means, held_out, print_rows, write_json  # noqa: E402
 
 
 def rigs(samples: list) -> dict[tuple[str, str], list]:
@@ -44,13 +44,12 @@ def rigs(samples: list) -> dict[tuple[str, str], list]:
 
 def evaluate(model, samples: list, draws: int = 3, max_deg: float = 10.0, max_m: float = 0.25, seed: int = 0,
              progress: bool = False) -> dict:
-    """Per-axis means (``calib_control.KEYS``) over ``draws`` miscalibrations of every rig of ``samples``, of:
+    """Per-axis means (``calib_control.error_means``) over ``draws`` miscalibrations of every rig of ``samples``, of:
     ``initial``, ``per_frame`` (every frame's own estimate), ``median`` (of a rig's frames) and ``sequence`` (the
     rig's estimate); ``rigs``, ``estimates``, ``refused`` (joint alignments refused; None for a model without).
     ``progress``: a bar over the rigs' estimates."""
     from tqdm import tqdm
 
-    from perception.eval.calibration import calibration_errors, summarize
     from perception.models.calibformer.calibrate import calibrate_samples, median_correction
     from perception.models.calibformer.geometry import Miscalibration, sample_miscalibration
 
@@ -72,16 +71,12 @@ def evaluate(model, samples: list, draws: int = 3, max_deg: float = 10.0, max_m:
             frame_truth += [truth] * len(per)
             bar.update()
     bar.close()
-
-    def means(e: np.ndarray, t: np.ndarray) -> dict[str, float]:
-        m = summarize(calibration_errors(e, t))
-        return {k: round(float(m[k]), 3) for k in KEYS}
-
     truth = np.stack(est["truth"])
     return {"rigs": len(found), "estimates": len(truth), "refused": refused if hasattr(model, "align_sequence") else None,
-            "initial": means(np.stack(est["initial"]), truth),
-            "per_frame": means(np.concatenate(frames), np.stack(frame_truth)),
-            "median": means(np.stack(est["median"]), truth), "sequence": means(np.stack(est["sequence"]), truth)}
+            "initial": error_means(np.stack(est["initial"]), truth),
+            "per_frame": error_means(np.concatenate(frames), np.stack(frame_truth)),
+            "median": error_means(np.stack(est["median"]), truth),
+            "sequence": error_means(np.stack(est["sequence"]), truth)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,7 +94,7 @@ class CalibrationMetric(BaseMetric):
         for sample, pred in zip(data_batch, data_samples):
             if sample.target is None:
                 raise ValueError(f"CalibrationMetric: pair {sample.inputs.token} has no true extrinsic")
-            self.results.append((pred.steps, sample.target.cam_from_lidar, getattr(pred, "aligned", None)))
+            self.results.append((pred.steps, sample.target.cam_from_lidar, pred.aligned))
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         steps = np.stack([s for s, _, _ in results])  # [N, K+1, 4, 4]
