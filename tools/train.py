@@ -55,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         init_torch_distributed(args.launcher)
         from perception.engine.runner import PerceptionRunner
 
+        import torch.distributed as dist
+
         try:
             PerceptionRunner.from_cfg(cfg).train()
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()  # no rank tears down while another is still in its last collective
         finally:  # torchrun: leave the process group before exit, or a rank may abort in gloo's teardown (SIGABRT)
-            import torch.distributed as dist
-
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
     return 0
