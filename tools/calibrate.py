@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             "per_frame": {tok: {"rot_geodesic_deg": float(per["rot_geodesic_deg"][i]),
                                 "trans_norm_cm": float(per["trans_norm_cm"][i])} for i, tok in enumerate(result.tokens)},
             "per_frame_summary": summarize(per),
+            "deskewed": f"{result.deskewed} of {len(result.tokens)} frames' sweeps moved to the camera's exposure by "
+                        "odometry (the others have no per-point times or no odometry: as measured)",
             "joint_alignment": {None: "none (the model has none: the estimate is the frames' median)",
                                 True: "taken", False: "refused (the frames' median kept)"}[result.aligned],
         }
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, t in (("before", init), ("after", result.estimate), ("reference", reference)):
                 Image.fromarray(overlay(by_token[tok], camera, lidar, t)).save(args.out / f"overlay_{name}_{tok}.png")
         print(f"{camera} <- {lidar}, {len(result.tokens)} frames ({len(result.skipped)} skipped), start: {start}, "
-              f"joint alignment: {report['joint_alignment']}")
+              f"joint alignment: {report['joint_alignment']}, deskewed: {result.deskewed} of {len(result.tokens)}")
         for label, s in (("before", report["before"]), ("after", report["after"])):
             print(f"  {label:6s}: rotation {s['rot_geodesic_deg']:.3f} deg (per-axis mean {s['rot_axis_mean_deg']:.3f}), "
                   f"translation {s['trans_norm_cm']:.2f} cm (per-axis mean {s['trans_axis_mean_cm']:.2f})")

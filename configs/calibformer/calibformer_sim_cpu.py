@@ -28,7 +28,9 @@ with read_base():
 image_size = (160, 96)  # (W, H), the model's input
 eval_range = (10.0, 0.25)  # +-deg, +-m per axis (CalibFormer's and LCCNet's default)
 pairs = dict(type=CalibSimDataset, frames=30, sim_frames=30, cameras=("CAM_L0", "CAM_F0", "CAM_R0"), size=image_size,
-             max_points=20000, cache_dir="work_dirs/calib_cache", sim_cache_dir="work_dirs/sim_cache")
+             max_points=20000, cache_dir="work_dirs/calib_cache", sim_cache_dir="work_dirs/sim_cache",
+             deskew=False)  # the sweeps as measured: every figure of the configs built on this one was recorded so
+# (calibformer_align_deskew_sim_cpu.py deskews them to the camera's exposure)
 train_set = dict(pairs, seeds=list(range(0, 24)), ranges=[eval_range, eval_range, (4.0, 0.1), (1.5, 0.04)])
 val_set = dict(pairs, seeds=list(range(1000, 1004)), frames=10, ranges=[eval_range], fixed_seed=0)
 

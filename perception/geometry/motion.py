@@ -50,3 +50,38 @@ def motion_compensate(points: np.ndarray, point_times: np.ndarray, pose_times: n
     poses = target_from_world @ interpolate_poses(pose_times, world_from_sensor, uniq)  # [U, 4, 4]
     r, t = poses[inverse, :3, :3], poses[inverse, :3, 3]
     return np.einsum("nij,nj->ni", r, points) + t
+
+
+def planar_twist_poses(speed: float, yaw_rate: float, dt: np.ndarray) -> np.ndarray:
+    """``ego(t) ← ego(t + dt)`` ``[N, 4, 4]`` for ``dt [N]`` seconds, for a car driving at constant ``speed`` (m/s,
+    along its x axis) and ``yaw_rate`` (rad/s, about z): an arc in the ground plane (a line when ``yaw_rate`` is 0).
+    What odometry gives within one frame, where no pose history brackets a sweep."""
+    dt = np.asarray(dt, dtype=np.float64).reshape(-1)
+    th = yaw_rate * dt
+    if abs(yaw_rate) > 1e-9:
+        x, y = speed * np.sin(th) / yaw_rate, speed * (1.0 - np.cos(th)) / yaw_rate
+    else:
+        x, y = speed * dt, np.zeros_like(dt)
+    out = np.tile(np.eye(4), (len(dt), 1, 1))
+    c, s = np.cos(th), np.sin(th)
+    out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1] = c, -s, s, c
+    out[:, 0, 3], out[:, 1, 3] = x, y
+    return out
+
+
+def deskew_by_odometry(points: np.ndarray, point_times: np.ndarray, target_time: float, ref_time: float,
+                       ego_from_sensor: np.ndarray, speed: float, yaw_rate: float) -> np.ndarray:
+    """``points [N, 3]`` (sensor frame, each measured at ``point_times [N]``, absolute s) → ``[N, 3]`` float64 in the
+    sensor frame at ``target_time`` (e.g. a camera's exposure), the car's motion taken from odometry
+    (:func:`planar_twist_poses`: ``speed``, ``yaw_rate`` measured at ``ref_time``) and the sensor's mount
+    ``ego_from_sensor [4, 4]``."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3 or len(point_times) != len(points):
+        raise ValueError(f"deskew_by_odometry: points [N, 3] with N point times, got {points.shape} and {len(point_times)}")
+    if ego_from_sensor.shape != (4, 4):
+        raise ValueError(f"deskew_by_odometry: ego_from_sensor must be [4, 4], got {ego_from_sensor.shape}")
+    uniq, inverse = np.unique(np.asarray(point_times, dtype=np.float64), return_inverse=True)  # firings share times
+    ref_from_target = planar_twist_poses(speed, yaw_rate, np.array([target_time - ref_time]))[0]
+    m = (se3.inverse(ego_from_sensor) @ se3.inverse(ref_from_target) @ planar_twist_poses(speed, yaw_rate, uniq - ref_time)
+         @ ego_from_sensor)  # [U, 4, 4] sensor(target) ← sensor(at t)
+    return np.einsum("nij,nj->ni", m[inverse, :3, :3], points) + m[inverse, :3, 3]

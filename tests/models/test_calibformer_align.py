@@ -64,7 +64,7 @@ def test_appearance_targets_keep_the_nearest_point_per_pixel():
 @pytest.fixture(scope="module")
 def two_frames():
     """Two frames of one sequence's front camera (one extrinsic), with intensities."""
-    ds = CalibSimDataset(seeds=[7], frames=2, cameras=("CAM_F0",), size=(64, 32), max_points=4000, fixed_seed=0,
+    ds = CalibSimDataset(seeds=[7], frames=2, cameras=("CAM_F0",), size=(128, 64), max_points=4000, fixed_seed=0,
                          intensity=True)
     return [ds[0], ds[1]]
 

@@ -66,7 +66,8 @@ class SequenceCalibration:
     """``estimate [4, 4]`` (camera-from-LiDAR) from ``init [4, 4]`` over ``tokens``; ``per_frame [F, 4, 4]`` the
     single-frame estimates; ``skipped`` frames that could not be used, with the reason; ``aligned``: whether the
     joint alignment over all frames was taken (None: the model has none, the estimate is the median; False: it
-    was refused and the median kept)."""
+    was refused and the median kept); ``deskewed``: how many of the frames' sweeps were moved to the camera's
+    exposure (:func:`~.data.calib_input`; the others have no per-point times or no odometry and are as measured)."""
 
     init: np.ndarray
     estimate: np.ndarray
@@ -74,6 +75,7 @@ class SequenceCalibration:
     tokens: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = ()
     aligned: bool | None = None
+    deskewed: int = 0
 
 
 def calibrate_samples(model, samples: Sequence[CalibSample], init: np.ndarray, iterations: int | None = None,
@@ -142,7 +144,8 @@ class Calibrator:
         if not samples:
             raise ValueError(f"Calibrator: no usable frame for camera {camera!r}: {skipped[:3]}")
         est, per, aligned = calibrate_samples(self.model, samples, init, self.iterations, progress=progress)
-        return SequenceCalibration(init, est, per, tuple(tokens), tuple(skipped), aligned)
+        return SequenceCalibration(init, est, per, tuple(tokens), tuple(skipped), aligned,
+                                   sum(s.inputs.deskewed for s in samples))
 
 
 @dataclass

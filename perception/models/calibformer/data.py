@@ -5,8 +5,10 @@ One sample is one (camera, LiDAR) pair of one frame:
 - :class:`CalibInput` (what the car sees): the camera image preprocessed to the model's size
   (``image [3, H, W]`` float, ImageNet-normalised, by :class:`perception.pipeline.camera.CameraPreprocess`,
   with the camera model rescaled to match), the LiDAR points ``[N, 3]`` in the LiDAR frame (optionally with their
-  ``intensity [N]`` in [0, 1]), and the
-  *current* (possibly miscalibrated) extrinsic ``init [4, 4]`` camera-from-LiDAR;
+  ``intensity [N]`` in [0, 1]) *deskewed* to the camera's exposure where the sweep has per-point times and the
+  frame the car's odometry, and the *current* (possibly miscalibrated) extrinsic ``init [4, 4]`` camera-from-LiDAR.
+  A spinning LiDAR measures each point at its own time: in the synthetic world the front of a sweep is 50 ms older
+  than the image, 40 cm at 8 m/s along the road, an offset no extrinsic explains (and no network learns);
 - :class:`CalibTarget` (ground truth, training and evaluation only): the true extrinsic.
 
 :class:`CalibSimDataset` draws pairs from the synthetic world (the navsim rig's three pinholes and
@@ -35,7 +37,8 @@ from perception.structures import Frame
 class CalibInput:
     """One camera-LiDAR pair: ``image [3, H, W]`` float32 normalised, its ``camera`` at ``H x W``,
     ``points [N, 3]`` float32 in the LiDAR frame (finite), ``init [4, 4]`` float64 camera-from-LiDAR, and optionally
-    the points' ``intensity [N]`` float32 in [0, 1] (for a model with ``intensity=True``)."""
+    the points' ``intensity [N]`` float32 in [0, 1] (for a model with ``intensity=True``). ``deskewed``: the points
+    were moved to the camera's exposure time (:func:`calib_input`); False: as measured."""
 
     token: str
     image: torch.Tensor
@@ -43,6 +46,7 @@ class CalibInput:
     points: np.ndarray
     init: np.ndarray
     intensity: np.ndarray | None = None
+    deskewed: bool = False
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[0] != 3:
@@ -122,12 +126,16 @@ def view_points(points: np.ndarray, cam_from_lidar: np.ndarray, camera: CameraMo
 
 def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | None = None,
                 init: np.ndarray | None = None, max_points: int | None = None,
-                intensity: bool = False) -> tuple[CalibInput, int]:
+                intensity: bool = False, deskew: bool = True) -> tuple[CalibInput, int]:
     """``frame``'s ``camera`` and ``lidar`` (default: the only LiDAR) as a :class:`CalibInput` at ``size = (W, H)``.
 
     ``init`` is the extrinsic to start from (default: the frame's own calibration). ``intensity``: carry the
-    points' intensities (:func:`unit_intensity`; the cloud must have an ``intensity`` field). Returns the input
-    and the number of points left out for a non-finite coordinate (or intensity).
+    points' intensities (:func:`unit_intensity`; the cloud must have an ``intensity`` field). ``deskew``: move the
+    points into the LiDAR frame at the camera's timestamp
+    (:func:`perception.geometry.motion.deskew_by_odometry`), where the cloud has a ``time`` field (offset to its
+    timestamp) and the frame the car's odometry (``meta["ego_speed"]``, ``meta["ego_yaw_rate"]``); otherwise the
+    points stay as measured and the input says so (``deskewed=False``). Returns the input and the number of points
+    left out for a non-finite coordinate (or intensity, or time).
     """
     from perception.pipeline.camera import CameraConfig, CameraPreprocess
 
@@ -146,18 +154,31 @@ def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | N
             raise ValueError(f"calib_input ({frame.token}): the model reads LiDAR intensity but {lidar!r} has fields "
                              f"{cloud.fields}")
         cols.append(cloud.fields.index("intensity"))
+    speed, yaw_rate = frame.meta.get("ego_speed"), frame.meta.get("ego_yaw_rate")
+    deskew = bool(deskew and "time" in cloud.fields and speed is not None and yaw_rate is not None
+                  and np.isfinite([speed, yaw_rate]).all())
+    if deskew:
+        cols.append(cloud.fields.index("time"))
     pts, n_bad = finite_points(cloud.points[:, cols], len(cols))
     if intensity:  # scaled over the whole sweep, so the scale does not depend on what the camera sees
         pts[:, 3] = unit_intensity(pts[:, 3])
     if len(pts) == 0:
         raise ValueError(f"calib_input ({frame.token}): LiDAR {lidar!r} has no finite points ({n_bad} non-finite)")
-    cam = CameraPreprocess(CameraConfig(size=tuple(size))).process(frame.cameras[camera])
+    image = frame.cameras[camera]
+    if deskew:
+        from perception.geometry.motion import deskew_by_odometry
+
+        pts[:, :3] = deskew_by_odometry(pts[:, :3], cloud.timestamp + pts[:, -1].astype(np.float64), image.timestamp,
+                                        frame.timestamp, frame.calib.transform("ego", lidar).matrix, speed, yaw_rate)
+        pts = pts[:, :-1]
+    cam = CameraPreprocess(CameraConfig(size=tuple(size))).process(image)
     if cam.camera is None:
         raise ValueError(f"calib_input ({frame.token}): camera model {type(frame.cameras[camera].camera).__name__} "
                          "cannot be rescaled")
     t = frame.calib.transform(camera, lidar).matrix if init is None else np.asarray(init, np.float64)
     pts = view_points(pts, t, cam.camera, max_points=max_points)
-    return CalibInput(f"{frame.token}/{camera}", cam.image, cam.camera, pts[:, :3], t, pts[:, 3] if intensity else None), n_bad
+    return CalibInput(f"{frame.token}/{camera}", cam.image, cam.camera, pts[:, :3], t, pts[:, 3] if intensity else None,
+                      deskew), n_bad
 
 
 class CalibSimDataset(Dataset):
@@ -171,6 +192,8 @@ class CalibSimDataset(Dataset):
     ``sim_frames=30`` the GaussianFusion config's renders are reused). ``intensity``: the samples carry the
     points' intensities too. ``mount_jitter=(deg, m)``: every sequence's cameras mounted off the rig
     (``SimDataset``), so the true extrinsic varies and the LiDAR's scan pattern does not give it away.
+    ``deskew``: the sweeps moved to the cameras' exposure (:func:`calib_input`); False keeps them as measured (the
+    configs recorded before deskewing existed, whose figures were measured so).
     """
 
     def __init__(self, seeds: Sequence[int] = (0,), frames: int = 4, cameras: Sequence[str] = ("CAM_L0", "CAM_F0", "CAM_R0"),
@@ -178,7 +201,8 @@ class CalibSimDataset(Dataset):
                  ranges: Sequence[Sequence[float]] = (DEFAULT_RANGE,), fixed_seed: int | None = None,
                  cache_dir: str | Path | None = None, sim_cache_dir: str | Path | None = None,
                  sim_frames: int | None = None, intensity: bool = False,
-                 mount_jitter: Sequence[float] | None = None) -> None:
+                 mount_jitter: Sequence[float] | None = None, deskew: bool = True) -> None:
+        self.deskew = bool(deskew)
         self.seeds, self.frames = [int(s) for s in seeds], int(frames)
         self.cameras, self.size = tuple(cameras), (int(size[0]), int(size[1]))
         self.max_points = int(max_points)
@@ -203,6 +227,8 @@ class CalibSimDataset(Dataset):
             spec += ("intensity",)
         if self.mount_jitter is not None:
             spec += (("mount_jitter", self.mount_jitter),)
+        if self.deskew:
+            spec += ("deskew",)
         return hashlib.sha1(repr(spec).encode()).hexdigest()[:12]
 
     def pairs(self) -> list[tuple]:
@@ -224,7 +250,10 @@ class CalibSimDataset(Dataset):
             for k in range(self.frames):
                 frame = sim[s * self.sim_frames + k].frame
                 for cam in self.cameras:
-                    x, _ = calib_input(frame, cam, self.size, max_points=self.max_points, intensity=self.intensity)
+                    x, _ = calib_input(frame, cam, self.size, max_points=self.max_points, intensity=self.intensity,
+                                       deskew=self.deskew)
+                    if x.deskewed != self.deskew:
+                        raise ValueError(f"CalibSimDataset: {x.token} could not be deskewed (no point times or odometry)")
                     pairs.append((x.token, x.image.half(), x.camera, x.points, x.init)
                                  + ((x.intensity,) if self.intensity else ()))
         if path is not None:
@@ -248,7 +277,7 @@ class CalibSimDataset(Dataset):
         rng = self._rng if self.fixed_seed is None else np.random.default_rng([self.fixed_seed, i])
         max_deg, max_m = self.ranges[int(rng.integers(len(self.ranges)))]
         init = sample_miscalibration(rng, max_deg, max_m).apply(truth)
-        x = CalibInput(token, image.float(), camera, points, init, inten[0] if inten else None)
+        x = CalibInput(token, image.float(), camera, points, init, inten[0] if inten else None, self.deskew)
         return CalibSample(x, CalibTarget(truth))
 
 
