@@ -2,7 +2,8 @@
 
 A spinning LiDAR measures each point in the sensor frame *at that point's own time*; while the
 car moves, a sweep of a straight wall comes out bent. Compensation moves every point through the
-sensor's pose at its capture time into one common frame.
+sensor's pose at its capture time into one common frame: poses interpolated between known ones
+(:func:`motion_compensate`) or, within one frame, the car's odometry (:func:`deskew_by_odometry`).
 """
 from __future__ import annotations
 
@@ -34,6 +35,14 @@ def interpolate_poses(times: np.ndarray, poses: np.ndarray, query: np.ndarray) -
     return out
 
 
+def transform_at_times(points: np.ndarray, point_times: np.ndarray, poses_at) -> np.ndarray:
+    """``points [N, 3]``, each moved by the pose at its own time: ``poses_at(times [U]) -> [U, 4, 4]`` is asked once
+    per distinct time (a spinning LiDAR's firings share times). Returns ``[N, 3]`` float64."""
+    uniq, inverse = np.unique(np.asarray(point_times, dtype=np.float64), return_inverse=True)
+    m = poses_at(uniq)
+    return np.einsum("nij,nj->ni", m[inverse, :3, :3], np.asarray(points, dtype=np.float64)) + m[inverse, :3, 3]
+
+
 def motion_compensate(points: np.ndarray, point_times: np.ndarray, pose_times: np.ndarray,
                       world_from_sensor: np.ndarray, target_from_world: np.ndarray) -> np.ndarray:
     """Move ``points [N, 3]`` (sensor frame, each at ``point_times [N]``) into one frame.
@@ -45,11 +54,8 @@ def motion_compensate(points: np.ndarray, point_times: np.ndarray, pose_times: n
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 3 or len(point_times) != len(points):
         raise ValueError(f"motion_compensate: points [N, 3] with N point times, got {points.shape} and {len(point_times)}")
-    # firings share times: interpolate once per distinct time
-    uniq, inverse = np.unique(np.asarray(point_times, dtype=np.float64), return_inverse=True)
-    poses = target_from_world @ interpolate_poses(pose_times, world_from_sensor, uniq)  # [U, 4, 4]
-    r, t = poses[inverse, :3, :3], poses[inverse, :3, 3]
-    return np.einsum("nij,nj->ni", r, points) + t
+    return transform_at_times(points, point_times,
+                              lambda times: target_from_world @ interpolate_poses(pose_times, world_from_sensor, times))
 
 
 def planar_twist_poses(speed: float, yaw_rate: float, dt: np.ndarray) -> np.ndarray:
@@ -80,8 +86,7 @@ def deskew_by_odometry(points: np.ndarray, point_times: np.ndarray, target_time:
         raise ValueError(f"deskew_by_odometry: points [N, 3] with N point times, got {points.shape} and {len(point_times)}")
     if ego_from_sensor.shape != (4, 4):
         raise ValueError(f"deskew_by_odometry: ego_from_sensor must be [4, 4], got {ego_from_sensor.shape}")
-    uniq, inverse = np.unique(np.asarray(point_times, dtype=np.float64), return_inverse=True)  # firings share times
-    ref_from_target = planar_twist_poses(speed, yaw_rate, np.array([target_time - ref_time]))[0]
-    m = (se3.inverse(ego_from_sensor) @ se3.inverse(ref_from_target) @ planar_twist_poses(speed, yaw_rate, uniq - ref_time)
-         @ ego_from_sensor)  # [U, 4, 4] sensor(target) ← sensor(at t)
-    return np.einsum("nij,nj->ni", m[inverse, :3, :3], points) + m[inverse, :3, 3]
+    target_from_ref = se3.inverse(planar_twist_poses(speed, yaw_rate, np.array([target_time - ref_time]))[0])
+    sensor_from_ego = se3.inverse(ego_from_sensor)
+    return transform_at_times(points, point_times, lambda times: sensor_from_ego @ target_from_ref
+                              @ planar_twist_poses(speed, yaw_rate, times - ref_time) @ ego_from_sensor)

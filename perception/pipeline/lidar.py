@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from perception.geometry.grid import VoxelGrid
-from perception.geometry.motion import interpolate_poses
+from perception.geometry.motion import interpolate_poses, transform_at_times
 from perception.ops.voxelize import voxelize
 from perception.pipeline.types import LidarCounts, LidarTensors, Preprocessed, as_preprocessed
 from perception.structures import Frame, PointCloud
@@ -189,11 +189,10 @@ class LidarPreprocess:
         rather than interpolating sensor poses (as :func:`perception.geometry.motion.motion_compensate`
         does), which would bend the lever arm of a sensor mounted off the ego origin while the car turns.
         """
-        uniq, inverse = np.unique(abs_t, return_inverse=True)  # firings share times
-        world_from_ego = interpolate_poses(pose_t, np.stack([p[1] for p in self._poses]), uniq)  # [U, 4, 4]
+        poses = np.stack([p[1] for p in self._poses])
         ego_from_world = np.linalg.inv(frame.ego_pose.world_from_ego.matrix)
-        m = ego_from_world @ world_from_ego @ ego_from_sensor  # [U, 4, 4] ego(now) ← sensor(at t)
-        return np.einsum("nij,nj->ni", m[inverse, :3, :3], xyz) + m[inverse, :3, 3]
+        return transform_at_times(xyz, abs_t, lambda times: ego_from_world @ interpolate_poses(pose_t, poses, times)
+                                  @ ego_from_sensor)  # ego(now) ← sensor(at t)
 
     def _past(self, frame: Frame) -> tuple[list[np.ndarray], list[float], int]:
         """Past sweeps in the current ego frame (newest first), their time lags, and non-finite points removed."""
