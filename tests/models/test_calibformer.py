@@ -185,36 +185,71 @@ def test_calib_input_from_a_frame_uses_the_frame_calibration(sim_pairs):
         calib_input(bare, "CAM_F0", (64, 32), intensity=True)
 
 
-def test_calib_input_deskews_the_sweep_to_the_camera_exposure():
+@pytest.fixture(scope="module")
+def driving_frame():
+    """A rendered synthetic frame of a car driving at > 5 m/s (so 50 ms of sweep is more than 25 cm) among moving
+    road users: the sample and CAM_F0's rendered depth."""
+    from perception.sim.scene import SimConfig, SimSequence
+
+    smp = SimSequence(7, SimConfig(frames=1, rigs=("navsim",)))[0]
+    assert smp.frame.meta["ego_speed"] > 5.0
+    return smp, smp.targets.depth["CAM_F0"].depth
+
+
+def _depth_error(x, depth):
+    """Mean |z - rendered depth| at the points' pixels through the input's extrinsic (clipped at 2 m; surfaces within
+    40 m)."""
+    p = x.points.astype(np.float64) @ x.init[:3, :3].T + x.init[:3, 3]
+    uv, ok = x.camera.project(p)
+    ok &= x.camera.in_image(uv) & (p[:, 2] > 1)
+    u, v = np.floor(uv[ok]).astype(int).T
+    z, ref = p[ok, 2], depth[v, u]
+    near = (ref > 0) & (ref < 40)
+    return float(np.minimum(np.abs(z[near] - ref[near]), 2.0).mean())
+
+
+def test_calib_input_deskews_the_sweep_to_the_camera_exposure(driving_frame):
     """A spinning LiDAR's sweep, moved to the image's time by the car's odometry, lands where the camera sees the
     world: through the true extrinsic its points agree with the rendered depth better than as measured."""
     from dataclasses import replace
 
-    from perception.sim.scene import SimConfig, SimSequence
-
-    smp = SimSequence(7, SimConfig(frames=1, rigs=("navsim",)))[0]
-    frame, depth = smp.frame, smp.targets.depth["CAM_F0"].depth
-    assert frame.meta["ego_speed"] > 5.0  # moving: 50 ms of the sweep is more than 25 cm
-
-    def depth_error(x):  # mean |z - rendered depth| at the points' pixels (clipped at 2 m; surfaces within 40 m)
-        p = x.points.astype(np.float64) @ x.init[:3, :3].T + x.init[:3, 3]
-        uv, ok = x.camera.project(p)
-        ok &= x.camera.in_image(uv) & (p[:, 2] > 1)
-        u, v = np.floor(uv[ok]).astype(int).T
-        z, ref = p[ok, 2], depth[v, u]
-        near = (ref > 0) & (ref < 40)
-        return float(np.minimum(np.abs(z[near] - ref[near]), 2.0).mean())
-
+    smp, depth = driving_frame
+    frame = smp.frame
     raw, _ = calib_input(frame, "CAM_F0", (640, 360), deskew=False)
     fixed, _ = calib_input(frame, "CAM_F0", (640, 360))
     assert fixed.deskewed and not raw.deskewed
-    assert depth_error(fixed) < 0.85 * depth_error(raw)
+    assert _depth_error(fixed, depth) < 0.85 * _depth_error(raw, depth)
     cloud = frame.lidar["LIDAR_TOP"]
     # without per-point times there is nothing to deskew by: the points stay as measured, and the input says so
     bare = replace(frame, lidar={"LIDAR_TOP": replace(cloud, points=cloud.points[:, :4], fields=cloud.fields[:4])})
     x, _ = calib_input(bare, "CAM_F0", (64, 32), max_points=1000)
     assert not x.deskewed
     np.testing.assert_array_equal(x.points, calib_input(frame, "CAM_F0", (64, 32), max_points=1000, deskew=False)[0].points)
+
+
+def test_calib_input_leaves_out_and_counts_the_points_on_moving_road_users(driving_frame):
+    """Odometry deskews the static world, not the other cars: their points stay where they were at each point's time.
+    Left out by their labelled boxes and velocities and counted, the points that go disagree with the rendered depth
+    twice as much as those that stay; still objects are kept."""
+    from dataclasses import replace
+
+    smp, depth = driving_frame
+    frame, boxes = smp.frame, smp.targets.boxes.tensor
+    assert (np.hypot(boxes[:, 7], boxes[:, 8]) > 0.3).any()
+    every, _ = calib_input(frame, "CAM_F0", (640, 360))
+    x, _ = calib_input(frame, "CAM_F0", (640, 360), movers=boxes)
+    assert x.moving > 50 and len(x.points) + x.moving == len(every.points) and every.moving == 0
+    kept = {p.tobytes() for p in x.points}
+    gone = replace(every, points=np.array([p for p in every.points if p.tobytes() not in kept]))
+    assert len(gone.points) == x.moving
+    assert _depth_error(gone, depth) > 1.8 * _depth_error(x, depth)
+    still = boxes.copy()
+    still[:, 7:9] = 0
+    assert calib_input(frame, "CAM_F0", (640, 360), movers=still)[0].moving == 0
+    with pytest.raises(ValueError, match="deskewed"):
+        calib_input(frame, "CAM_F0", (64, 32), deskew=False, movers=boxes)
+    with pytest.raises(ValueError, match="velocities"):
+        calib_input(frame, "CAM_F0", (64, 32), movers=boxes[:, :7])
 
 
 @pytest.mark.parametrize("subpixel", [False, True])

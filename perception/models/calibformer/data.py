@@ -38,7 +38,8 @@ class CalibInput:
     """One camera-LiDAR pair: ``image [3, H, W]`` float32 normalised, its ``camera`` at ``H x W``,
     ``points [N, 3]`` float32 in the LiDAR frame (finite), ``init [4, 4]`` float64 camera-from-LiDAR, and optionally
     the points' ``intensity [N]`` float32 in [0, 1] (for a model with ``intensity=True``). ``deskewed``: the points
-    were moved to the camera's exposure time (:func:`calib_input`); False: as measured."""
+    were moved to the camera's exposure time (:func:`calib_input`); False: as measured. ``moving``: the number of
+    points left out for lying on a moving object (:func:`calib_input`'s ``movers``)."""
 
     token: str
     image: torch.Tensor
@@ -47,6 +48,7 @@ class CalibInput:
     init: np.ndarray
     intensity: np.ndarray | None = None
     deskewed: bool = False
+    moving: int = 0
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[0] != 3:
@@ -126,7 +128,8 @@ def view_points(points: np.ndarray, cam_from_lidar: np.ndarray, camera: CameraMo
 
 def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | None = None,
                 init: np.ndarray | None = None, max_points: int | None = None,
-                intensity: bool = False, deskew: bool = True) -> tuple[CalibInput, int]:
+                intensity: bool = False, deskew: bool = True,
+                movers: np.ndarray | None = None) -> tuple[CalibInput, int]:
     """``frame``'s ``camera`` and ``lidar`` (default: the only LiDAR) as a :class:`CalibInput` at ``size = (W, H)``.
 
     ``init`` is the extrinsic to start from (default: the frame's own calibration). ``intensity``: carry the
@@ -134,8 +137,11 @@ def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | N
     points into the LiDAR frame at the camera's timestamp
     (:func:`perception.geometry.motion.deskew_by_odometry`), where the cloud has a ``time`` field (offset to its
     timestamp) and the frame the car's odometry (``meta["ego_speed"]``, ``meta["ego_yaw_rate"]``); otherwise the
-    points stay as measured and the input says so (``deskewed=False``). Returns the input and the number of points
-    left out for a non-finite coordinate (or intensity, or time).
+    points stay as measured and the input says so (``deskewed=False``). ``movers``: the frame's labelled objects,
+    ``boxes [M, 9]`` with velocities in the ego frame at the frame's timestamp; the points on those moving faster than
+    0.3 m/s are left out (:func:`perception.geometry.motion.moving_points`: odometry deskews the static world, not
+    them), those in the camera's view counted in ``CalibInput.moving``; it needs the points' times (deskewing). Returns the input and the
+    number of points left out for a non-finite coordinate (or intensity, or time).
     """
     from perception.pipeline.camera import CameraConfig, CameraPreprocess
 
@@ -157,6 +163,9 @@ def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | N
     speed, yaw_rate = frame.meta.get("ego_speed"), frame.meta.get("ego_yaw_rate")
     deskew = bool(deskew and "time" in cloud.fields and speed is not None and yaw_rate is not None
                   and np.isfinite([speed, yaw_rate]).all())
+    if movers is not None and not deskew:
+        raise ValueError(f"calib_input ({frame.token}): leaving out moving objects' points needs them deskewed (per-point "
+                         "times and the car's odometry)")
     if deskew:
         cols.append(cloud.fields.index("time"))
     pts, n_bad = finite_points(cloud.points[:, cols], len(cols))
@@ -165,20 +174,50 @@ def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | N
     if len(pts) == 0:
         raise ValueError(f"calib_input ({frame.token}): LiDAR {lidar!r} has no finite points ({n_bad} non-finite)")
     image = frame.cameras[camera]
+    n_moving = 0
     if deskew:
         from perception.geometry.motion import deskew_by_odometry
 
-        pts[:, :3] = deskew_by_odometry(pts[:, :3], cloud.timestamp + pts[:, -1].astype(np.float64), image.timestamp,
-                                        frame.timestamp, frame.calib.transform("ego", lidar).matrix, speed, yaw_rate)
+        times = cloud.timestamp + pts[:, -1].astype(np.float64)
+        ego_from_lidar = frame.calib.transform("ego", lidar).matrix
+        pts[:, :3] = deskew_by_odometry(pts[:, :3], times, image.timestamp, frame.timestamp, ego_from_lidar, speed,
+                                        yaw_rate)
         pts = pts[:, :-1]
+        if movers is not None:
+            on = _on_movers(pts[:, :3], times, ego_from_lidar, movers, frame.timestamp, image.timestamp, speed, yaw_rate)
+            pts, pts_moving = pts[~on], pts[on]
+            if len(pts) == 0:
+                raise ValueError(f"calib_input ({frame.token}): every point of {lidar!r} is on a moving object")
     cam = CameraPreprocess(CameraConfig(size=tuple(size))).process(image)
     if cam.camera is None:
         raise ValueError(f"calib_input ({frame.token}): camera model {type(frame.cameras[camera].camera).__name__} "
                          "cannot be rescaled")
     t = frame.calib.transform(camera, lidar).matrix if init is None else np.asarray(init, np.float64)
+    if movers is not None:  # counted where the camera could see them
+        n_moving = len(view_points(pts_moving, t, cam.camera)) if len(pts_moving) else 0
     pts = view_points(pts, t, cam.camera, max_points=max_points)
     return CalibInput(f"{frame.token}/{camera}", cam.image, cam.camera, pts[:, :3], t, pts[:, 3] if intensity else None,
-                      deskew), n_bad
+                      deskew, n_moving), n_bad
+
+
+def _on_movers(points: np.ndarray, times: np.ndarray, ego_from_lidar: np.ndarray, boxes: np.ndarray, boxes_time: float,
+               target_time: float, speed: float, yaw_rate: float) -> np.ndarray:
+    """:func:`calib_input`'s moving-object test: ``points [N, 3]`` deskewed (LiDAR frame at ``target_time``), ``boxes
+    [M, 9]`` in the ego frame at ``boxes_time``, moved to ``target_time`` (their own velocity, the car's odometry)."""
+    from perception.geometry import se3
+    from perception.geometry.boxes import transform_boxes
+    from perception.geometry.motion import moving_points, planar_twist_poses
+
+    b = np.asarray(boxes, np.float64)
+    if b.ndim != 2 or b.shape[1] != 9:
+        raise ValueError(f"calib_input: movers must be boxes [M, 9] with velocities, got {b.shape}")
+    dt = target_time - boxes_time
+    if dt != 0:
+        b = b.copy()
+        b[:, :2] += dt * b[:, 7:9]
+        b = transform_boxes(b, se3.inverse(planar_twist_poses(speed, yaw_rate, np.array([dt]))[0]))
+    ego = points.astype(np.float64) @ ego_from_lidar[:3, :3].T + ego_from_lidar[:3, 3]
+    return moving_points(ego, times, b, target_time)
 
 
 class CalibSimDataset(Dataset):
@@ -193,7 +232,9 @@ class CalibSimDataset(Dataset):
     points' intensities too. ``mount_jitter=(deg, m)``: every sequence's cameras mounted off the rig
     (``SimDataset``), so the true extrinsic varies and the LiDAR's scan pattern does not give it away.
     ``deskew``: the sweeps moved to the cameras' exposure (:func:`calib_input`); False keeps them as measured (the
-    configs recorded before deskewing existed, whose figures were measured so).
+    configs recorded before deskewing existed, whose figures were measured so). ``drop_moving``: leave out the points
+    on moving road users (``calib_input``'s ``movers``, from the frames' labelled boxes; needs ``deskew``), logged
+    with their share when the pairs are built.
     """
 
     def __init__(self, seeds: Sequence[int] = (0,), frames: int = 4, cameras: Sequence[str] = ("CAM_L0", "CAM_F0", "CAM_R0"),
@@ -201,8 +242,10 @@ class CalibSimDataset(Dataset):
                  ranges: Sequence[Sequence[float]] = (DEFAULT_RANGE,), fixed_seed: int | None = None,
                  cache_dir: str | Path | None = None, sim_cache_dir: str | Path | None = None,
                  sim_frames: int | None = None, intensity: bool = False,
-                 mount_jitter: Sequence[float] | None = None, deskew: bool = True) -> None:
-        self.deskew = bool(deskew)
+                 mount_jitter: Sequence[float] | None = None, deskew: bool = True, drop_moving: bool = False) -> None:
+        self.deskew, self.drop_moving = bool(deskew), bool(drop_moving)
+        if self.drop_moving and not self.deskew:
+            raise ValueError("CalibSimDataset: drop_moving needs deskew=True (the moving-object test uses point times)")
         self.seeds, self.frames = [int(s) for s in seeds], int(frames)
         self.cameras, self.size = tuple(cameras), (int(size[0]), int(size[1]))
         self.max_points = int(max_points)
@@ -229,6 +272,8 @@ class CalibSimDataset(Dataset):
             spec += (("mount_jitter", self.mount_jitter),)
         if self.deskew:
             spec += ("deskew",)
+        if self.drop_moving:
+            spec += ("drop_moving",)
         return hashlib.sha1(repr(spec).encode()).hexdigest()[:12]
 
     def pairs(self) -> list[tuple]:
@@ -245,15 +290,17 @@ class CalibSimDataset(Dataset):
 
         sim = SimDataset(self.seeds, frames=self.sim_frames, lidar="hdl64", render_cameras=True, rigs=("navsim",),
                          cache=False, cache_dir=self.sim_cache_dir, mount_jitter=self.mount_jitter)
-        pairs = []
+        pairs, moving = [], 0
         for s in range(len(self.seeds)):
             for k in range(self.frames):
-                frame = sim[s * self.sim_frames + k].frame
+                sample = sim[s * self.sim_frames + k]
+                movers = sample.targets.boxes.tensor if self.drop_moving else None
                 for cam in self.cameras:
-                    x, _ = calib_input(frame, cam, self.size, max_points=self.max_points, intensity=self.intensity,
-                                       deskew=self.deskew)
+                    x, _ = calib_input(sample.frame, cam, self.size, max_points=self.max_points,
+                                       intensity=self.intensity, deskew=self.deskew, movers=movers)
                     if x.deskewed != self.deskew:
                         raise ValueError(f"CalibSimDataset: {x.token} could not be deskewed (no point times or odometry)")
+                    moving += x.moving
                     pairs.append((x.token, x.image.half(), x.camera, x.points, x.init)
                                  + ((x.intensity,) if self.intensity else ()))
         if path is not None:
@@ -264,6 +311,11 @@ class CalibSimDataset(Dataset):
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             tmp.write_bytes(pickle.dumps(pairs, protocol=5))
             os.replace(tmp, path)
+        if self.drop_moving:
+            from mmengine.logging import print_log
+
+            print_log(f"CalibSimDataset: left out {moving} points on moving road users in the cameras' views, "
+                      f"{moving / max(len(pairs), 1):.0f} per pair", logger="current")
         self._pairs = pairs
         return pairs
 
