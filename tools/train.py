@@ -12,6 +12,9 @@ perception/engine/runner.py); ``--unsafe-load`` lifts that for a checkpoint from
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -67,5 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def leave(code: int) -> None:
+    """Exit with ``code``. A torchrun rank (``LOCAL_RANK`` set) skips the interpreter's finalisation (``os._exit``,
+    after flushing the logs and streams; checkpoints are already written): a rank aborted there in gloo's teardown
+    ('terminate called without an active exception', SIGABRT) after a finished run, in CI at d25251f and f60a195,
+    with the process group destroyed (6dedcdd) and the ranks synchronised first (d8a5b0b)."""
+    if "LOCAL_RANK" in os.environ:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    faulthandler.enable()  # a native abort prints every thread's Python stack: where it happened, if it does again
+    leave(main())
