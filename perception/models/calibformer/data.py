@@ -183,8 +183,13 @@ def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | N
         pts[:, :3] = deskew_by_odometry(pts[:, :3], times, image.timestamp, frame.timestamp, ego_from_lidar, speed,
                                         yaw_rate)
         pts = pts[:, :-1]
-        if movers is not None:
-            on = _on_movers(pts[:, :3], times, ego_from_lidar, movers, frame.timestamp, image.timestamp, speed, yaw_rate)
+        if movers is not None:  # tested in the ego frame of the boxes, the frame's timestamp
+            from perception.geometry.motion import moving_points, planar_twist_poses
+            from perception.geometry.se3 import transform_points
+
+            frame_from_image = planar_twist_poses(speed, yaw_rate, np.array([image.timestamp - frame.timestamp]))[0]
+            on = moving_points(transform_points(frame_from_image @ ego_from_lidar, pts[:, :3].astype(np.float64)), times,
+                               movers, frame.timestamp)
             pts, pts_moving = pts[~on], pts[on]
             if len(pts) == 0:
                 raise ValueError(f"calib_input ({frame.token}): every point of {lidar!r} is on a moving object")
@@ -194,30 +199,10 @@ def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | N
                          "cannot be rescaled")
     t = frame.calib.transform(camera, lidar).matrix if init is None else np.asarray(init, np.float64)
     if movers is not None:  # counted where the camera could see them
-        n_moving = len(view_points(pts_moving, t, cam.camera)) if len(pts_moving) else 0
+        n_moving = len(view_points(pts_moving, t, cam.camera))
     pts = view_points(pts, t, cam.camera, max_points=max_points)
     return CalibInput(f"{frame.token}/{camera}", cam.image, cam.camera, pts[:, :3], t, pts[:, 3] if intensity else None,
                       deskew, n_moving), n_bad
-
-
-def _on_movers(points: np.ndarray, times: np.ndarray, ego_from_lidar: np.ndarray, boxes: np.ndarray, boxes_time: float,
-               target_time: float, speed: float, yaw_rate: float) -> np.ndarray:
-    """:func:`calib_input`'s moving-object test: ``points [N, 3]`` deskewed (LiDAR frame at ``target_time``), ``boxes
-    [M, 9]`` in the ego frame at ``boxes_time``, moved to ``target_time`` (their own velocity, the car's odometry)."""
-    from perception.geometry import se3
-    from perception.geometry.boxes import transform_boxes
-    from perception.geometry.motion import moving_points, planar_twist_poses
-
-    b = np.asarray(boxes, np.float64)
-    if b.ndim != 2 or b.shape[1] != 9:
-        raise ValueError(f"calib_input: movers must be boxes [M, 9] with velocities, got {b.shape}")
-    dt = target_time - boxes_time
-    if dt != 0:
-        b = b.copy()
-        b[:, :2] += dt * b[:, 7:9]
-        b = transform_boxes(b, se3.inverse(planar_twist_poses(speed, yaw_rate, np.array([dt]))[0]))
-    ego = points.astype(np.float64) @ ego_from_lidar[:3, :3].T + ego_from_lidar[:3, 3]
-    return moving_points(ego, times, b, target_time)
 
 
 class CalibSimDataset(Dataset):
