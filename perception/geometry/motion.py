@@ -100,7 +100,7 @@ def moving_points(points: np.ndarray, point_times: np.ndarray, boxes: np.ndarray
     where the camera sees it, but a moving object's point stays where the object *was* at the point's time, up to a
     sweep period times its speed behind it (75 ms at 10 m/s: 75 cm). A point is on a box when, moved forward by the
     box's velocity to ``boxes_time``, it falls inside the box grown by ``margin`` m on each side and on top (its
-bottom raised 0.1 m, so the ground it drives on is not taken for it). → ``[N]`` bool."""
+    bottom raised 0.1 m, so the ground it drives on is not taken for it). → ``[N]`` bool."""
     from perception.geometry.boxes import points_in_boxes
 
     p = np.asarray(points, dtype=np.float64)

@@ -140,8 +140,8 @@ def calib_input(frame: Frame, camera: str, size: tuple[int, int], lidar: str | N
     points stay as measured and the input says so (``deskewed=False``). ``movers``: the frame's labelled objects,
     ``boxes [M, 9]`` with velocities in the ego frame at the frame's timestamp; the points on those moving faster than
     0.3 m/s are left out (:func:`perception.geometry.motion.moving_points`: odometry deskews the static world, not
-    them), those in the camera's view counted in ``CalibInput.moving``; it needs the points' times (deskewing). Returns the input and the
-    number of points left out for a non-finite coordinate (or intensity, or time).
+    them), those in the camera's view counted in ``CalibInput.moving``; it needs the points' times (deskewing).
+    Returns the input and the number of points left out for a non-finite coordinate (or intensity, or time).
     """
     from perception.pipeline.camera import CameraConfig, CameraPreprocess
 
