@@ -8,7 +8,8 @@ aligned model one alignment of the median over all the frames).
     python tools/calib_sequence.py configs/calibformer/calibformer_align_jitter_sim_cpu.py work_dirs/calibformer_align_jitter_sim_cpu/epoch_5.pth
 
 Prints (and with ``--json`` writes) the per-axis means over the rigs of the start, of the frames one at a time, of
-their median and of the sequence's estimate, and how many joint alignments were refused.
+their median and of the sequence's estimate, how many joint alignments were refused, and how the spread each
+estimate reports compares with its actual error (:func:`spread_check`).
 """
 from __future__ import annotations
 
@@ -42,11 +43,35 @@ def rigs(samples: list) -> dict[tuple[str, str], list]:
     return out
 
 
+def spread_check(estimates: np.ndarray, truth: np.ndarray, spread: list) -> dict | None:
+    """How the rigs' reported ``spread`` (``[6]`` each, deg / cm about and along the camera axes, or None) compares
+    with their actual errors (``estimates``, ``truth`` ``[R, 4, 4]``; the rotation vector of R_est R_true^T, the
+    translation difference): per axis the median spread (an axis nothing constrains has an infinite one), the mean
+    |error|, the median of |error| / spread, and the fraction within 1 and 2 spreads (0.68 and 0.95 if it were the
+    error's standard deviation); ``unconstrained``: per axis, the rigs whose spread is infinite."""
+    from scipy.spatial.transform import Rotation
+
+    keep = [i for i, s in enumerate(spread) if s is not None]
+    if not keep:
+        return None
+    sd = np.stack([spread[i] for i in keep])
+    rot = [np.degrees(Rotation.from_matrix(estimates[i, :3, :3] @ truth[i, :3, :3].T).as_rotvec()) for i in keep]
+    err = np.abs(np.stack([np.r_[r, 100 * (estimates[i, :3, 3] - truth[i, :3, 3])] for r, i in zip(rot, keep)]))
+    ratio = err / np.maximum(sd, 1e-12)
+    axes = [f"{k}_{a}" for k in ("rot_deg", "trans_cm") for a in "xyz"]
+    row = lambda v: dict(zip(axes, np.round(v, 3).tolist()))  # noqa: E731
+    return {"rigs": len(keep), "spread": row(np.median(sd, 0)), "error": row(err.mean(0)),
+            "unconstrained": {a: int(n) for a, n in zip(axes, np.isinf(sd).sum(0))},
+            "median_ratio": row(np.median(ratio, 0)), "within_1": row((ratio < 1).mean(0)),
+            "within_2": row((ratio < 2).mean(0)), "median_ratio_all": round(float(np.median(ratio)), 3)}
+
+
 def evaluate(model, samples: list, draws: int = 3, max_deg: float = 10.0, max_m: float = 0.25, seed: int = 0,
              progress: bool = False) -> dict:
     """Per-axis means (``calib_control.error_means``) over ``draws`` miscalibrations of every rig of ``samples``, of:
     ``initial``, ``per_frame`` (every frame's own estimate), ``median`` (of a rig's frames) and ``sequence`` (the
-    rig's estimate); ``rigs``, ``estimates``, ``refused`` (joint alignments refused; None for a model without).
+    rig's estimate); ``rigs``, ``estimates``, ``refused`` (joint alignments refused; None for a model without);
+    ``spread``: :func:`spread_check` of the sequences' estimates.
     ``progress``: a bar over the rigs' estimates."""
     from tqdm import tqdm
 
@@ -55,15 +80,16 @@ def evaluate(model, samples: list, draws: int = 3, max_deg: float = 10.0, max_m:
 
     found = rigs(samples)
     est: dict[str, list] = {"initial": [], "median": [], "sequence": [], "truth": []}
-    frames, frame_truth, refused = [], [], 0
+    frames, frame_truth, refused, spread = [], [], 0, []
     bar = tqdm(total=len(found) * draws, desc="rig estimates", unit="rig", disable=not progress)
     for r, ss in enumerate(found.values()):
         truth = ss[0].target.cam_from_lidar
         for d in range(draws):
             init = sample_miscalibration(np.random.default_rng([seed, r, d]), max_deg, max_m).apply(truth)
             batch = [replace(s, inputs=replace(s.inputs, init=init)) for s in ss]
-            seq, per, aligned = calibrate_samples(model, batch, init)
+            seq, per, aligned, sd = calibrate_samples(model, batch, init)
             refused += aligned is False
+            spread.append(sd)
             med = median_correction([Miscalibration.between(init, p) for p in per]).apply(init)
             for k, v in (("initial", init), ("median", med), ("sequence", seq), ("truth", truth)):
                 est[k].append(v)
@@ -76,7 +102,8 @@ def evaluate(model, samples: list, draws: int = 3, max_deg: float = 10.0, max_m:
             "initial": error_means(np.stack(est["initial"]), truth),
             "per_frame": error_means(np.concatenate(frames), np.stack(frame_truth)),
             "median": error_means(np.stack(est["median"]), truth),
-            "sequence": error_means(np.stack(est["sequence"]), truth)}
+            "sequence": error_means(np.stack(est["sequence"]), truth),
+            "spread": spread_check(np.stack(est["sequence"]), truth, spread)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         out = evaluate(model, held_out(args.config), args.draws, *args.range, seed=args.seed, progress=True)
     print(f"{out['rigs']} rigs x {args.draws} draws; joint alignments refused: {out['refused']}")
     print_rows(out, ("initial", "per_frame", "median", "sequence"))
+    if out["spread"]:
+        for k in ("spread", "error", "median_ratio", "within_2", "unconstrained"):
+            print(f"{'spread ' + k:>19}: " + "  ".join(f"{a} {v:.2f}" for a, v in out["spread"][k].items()))
     write_json(args.json, out)
     return 0
 

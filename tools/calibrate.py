@@ -15,7 +15,8 @@ at once. Writes into ``--out``:
 - ``extrinsic.txt``: the estimated camera-from-LiDAR 4x4;
 - ``report.json``: the start, the estimate, the dataset's calibration, and the errors of the start and of the
   estimate against the dataset's calibration (the reference: the truth for KITTI / KITTI-360), aggregated
-  and per frame (``perception.eval.calibration``);
+  and per frame (``perception.eval.calibration``), and the ``spread``: per camera axis, how well the frames pin
+  the estimate down (a lower bound on its error, :class:`perception.models.calibformer.calibrate.SequenceCalibration`);
 - ``overlay_{before,after,reference}_<token>.png``: LiDAR points coloured by depth drawn through each extrinsic.
 
 ``--source bag`` reads a ROS1 ``.bag``, a ROS2 ``.db3`` / ``.mcap`` or an MCAP through
@@ -72,6 +73,11 @@ def overlay(frame, camera: str, lidar: str, cam_from_lidar: np.ndarray) -> np.nd
     calib = Calibration({lidar: SE3.identity(), camera: SE3(cam_from_lidar).inverse()},
                         {camera: frame.calib.cameras[camera]})
     return render_camera(frame.cameras[camera].image, calib, camera, frame.lidar[lidar].points[:, :3], lidar)
+
+
+def _axes(values: np.ndarray, digits: int) -> dict:
+    """``values [3]`` by camera axis, rounded; a non-finite one (an axis nothing constrains) as None."""
+    return {a: round(float(v), digits) if np.isfinite(v) else None for a, v in zip("xyz", values)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
                         "odometry (the others have no per-point times or no odometry: as measured)",
             "joint_alignment": {None: "none (the model has none: the estimate is the frames' median)",
                                 True: "taken", False: "refused (the frames' median kept)"}[result.aligned],
+            "spread": None if result.spread is None else {
+                "rot_deg": _axes(result.spread[:3], 4), "trans_cm": _axes(result.spread[3:], 3),
+                "what": "how well the frames pin each camera axis down (x right, y down, z forward): "
+                        + ("the joint alignment's sandwich standard deviation" if result.aligned else
+                           "the standard error of the frames' median")
+                        + "; a lower bound on the error (a bias the frames share is not in it); null: the frames "
+                          "do not constrain that axis at all"},
         }
         (args.out / "report.json").write_text(json.dumps(report, indent=2))
         by_token = {f.token: f for f in frames}
@@ -155,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         for label, s in (("before", report["before"]), ("after", report["after"])):
             print(f"  {label:6s}: rotation {s['rot_geodesic_deg']:.3f} deg (per-axis mean {s['rot_axis_mean_deg']:.3f}), "
                   f"translation {s['trans_norm_cm']:.2f} cm (per-axis mean {s['trans_axis_mean_cm']:.2f})")
+        if result.spread is not None:
+            r, t = result.spread[:3], result.spread[3:]
+            print("  spread (lower bound; camera x, y, z): rotation " + " / ".join(f"{v:.3f}" for v in r)
+                  + " deg, translation " + " / ".join(f"{v:.2f}" for v in t) + " cm")
         print(f"wrote {args.out}/extrinsic.txt, report.json and overlays")
     return 0
 

@@ -466,3 +466,21 @@ def test_a_fine_stage_starts_as_the_network_it_is_loaded_from_and_its_branch_lea
         torch.save({"state_dict": {k: v for k, v in single.state_dict().items() if not k.startswith("flow_head")}},
                    tmp_path / "no_head.pth")
         CalibCascade([dict(kw, fine=True)], init_from=str(tmp_path / "no_head.pth"))
+
+
+def test_median_spread_is_the_standard_error_of_the_median_per_axis():
+    from perception.models.calibformer.calibrate import median_correction, median_spread
+
+    rng = np.random.default_rng(0)
+    t = rng.normal(0, [0.01, 0.02, 0.04], (4001, 3))  # 1, 2, 4 cm
+    angles = rng.normal(0, [0.1, 0.2, 0.4], (4001, 3))  # deg
+    corr = [Miscalibration(Rotation.from_rotvec(np.radians(a)).as_matrix(), x) for a, x in zip(angles, t)]
+    sd = median_spread(corr)
+    expected = 1.2533 * np.array([0.1, 0.2, 0.4, 1.0, 2.0, 4.0]) / np.sqrt(4001)  # of a Gaussian sample's median
+    np.testing.assert_allclose(sd, expected, rtol=0.06)
+    # it is the scatter of the median itself: 40 groups of 100, their medians' std against the groups' spread
+    groups = [corr[i::40] for i in range(40)]
+    meds = np.stack([median_correction(g).translation * 100 for g in groups])
+    np.testing.assert_allclose(meds.std(0), np.mean([median_spread(g)[3:] for g in groups], 0), rtol=0.3)
+    with pytest.raises(ValueError, match="2 corrections"):
+        median_spread(corr[:1])

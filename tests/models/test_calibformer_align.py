@@ -231,3 +231,44 @@ def test_aligned_model_aligns_a_sequence_and_counts_refusals(two_frames, tmp_pat
     monkeypatch.setattr(model, "maps", lambda image: torch.zeros_like(perfect))  # nothing to align to
     est, taken = model.align_sequence(batch, start)
     assert not taken and model.refused == 1 and torch.equal(est, start.double())
+
+
+def _plane_frames(shifts_px, stripes=False):
+    """Frames of one camera seeing points on two planes (5 m and 20 m, so offsets and rotations differ) whose
+    appearance is a smooth pattern, with maps of that pattern as a perfect network would predict them, shifted
+    by ``shifts_px`` (u) per frame; ``stripes``: a pattern that varies down the image only."""
+    cam = PinholeCamera(width=96, height=64, fx=60.0, fy=60.0, cx=47.5, cy=31.5)
+    rng = np.random.default_rng(0)
+    uv = rng.uniform([4, 4], [92, 60], (3000, 2))
+    z = np.where(np.arange(3000) % 2 == 0, 5.0, 20.0)
+    pts = torch.from_numpy(np.c_[(uv[:, 0] - 47.5) * z / 60, (uv[:, 1] - 31.5) * z / 60, z])
+    v, u = torch.meshgrid(torch.arange(64.0), torch.arange(96.0), indexing="ij")
+
+    def pattern(u, v):
+        return torch.sin(v / 3.0) if stripes else torch.sin(u / 3.0) * torch.cos(v / 4.0) + torch.sin((u + v) / 5.0)
+
+    app = pattern(torch.from_numpy(uv[:, 0] - 0.5), torch.from_numpy(uv[:, 1] - 0.5))[:, None]  # pixel centres
+    return [(pattern(u - s, v)[None].double(), pts, app.double(), cam) for s in shifts_px]
+
+
+def test_alignment_spread_is_zero_for_agreeing_frames_and_follows_their_disagreement():
+    from perception.models.calibformer.align import alignment_spread
+
+    truth = torch.eye(4, dtype=torch.float64)
+    agree = alignment_spread(_plane_frames([0.0, 0.0, 0.0]), truth)
+    assert agree.shape == (6,) and np.all(agree < 1e-6)  # identical frames: no disagreement, no spread
+    # frames whose maps disagree by up to a pixel sideways: spread in the yaw (about y) and the sideways offset, far
+    # less in the pitch (about x) and the vertical offset (some: the pattern's diagonal term couples u and v)
+    side = alignment_spread(_plane_frames([-1.0, 0.0, 0.5, 1.0]), truth)
+    assert np.all(np.isfinite(side))
+    assert side[3] > 0.05 and side[1] > 0.01  # cm, deg: a pixel is 8 cm at 5 m and 1 deg
+    assert side[1] > 10 * side[0] and side[3] > 2 * side[4]
+    more = alignment_spread(_plane_frames([-1.0, 0.0, 0.5, 1.0] * 4), truth)  # the same scatter, 4x the frames
+    np.testing.assert_allclose(more[[1, 3]], side[[1, 3]] * np.sqrt(3 / 15), rtol=0.05)  # sample cov: (n - 1)
+    # a pattern that changes only down the image cannot pin the sideways offset: the correlation is flat there
+    stripes = alignment_spread(_plane_frames([0.0, 0.3], stripes=True), truth)
+    assert np.isinf(stripes[3]) and np.all(np.isfinite(np.delete(stripes, 3)))
+    with pytest.raises(ValueError, match="2 frames"):
+        alignment_spread(_plane_frames([0.0]), truth)
+    with pytest.raises(ValueError, match="estimate"):
+        alignment_spread(_plane_frames([0.0, 1.0]), truth[:3])

@@ -6,12 +6,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 
 from perception.models.calibformer.align import CalibAligned
 from perception.models.calibformer.data import CalibSimDataset
 from perception.models.calibformer.model import CalibFormer
 from tests.models.test_calibformer_align import TINY, truth_maps
-from tools.calib_sequence import evaluate, rigs
+from tools.calib_sequence import evaluate, rigs, spread_check
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,8 @@ def test_a_model_that_corrects_nothing_scores_the_start_everywhere(samples):
     assert out["initial"]["rot_geodesic_deg_mean"] > 1.0 and out["initial"]["trans_norm_cm_mean"] > 2.0
     for name in ("per_frame", "median", "sequence"):
         np.testing.assert_allclose(list(out[name].values()), list(out["initial"].values()), atol=2e-3)
+    assert out["spread"]["rigs"] == 6  # every frame's correction the same: the frames' median has no spread
+    np.testing.assert_allclose(list(out["spread"]["spread"].values()), 0, atol=1e-9)
 
 
 def test_the_joint_alignment_improves_on_the_median_with_perfect_maps(samples, tmp_path):
@@ -53,3 +56,25 @@ def test_the_joint_alignment_improves_on_the_median_with_perfect_maps(samples, t
     assert out["refused"] == 0
     np.testing.assert_allclose(out["median"]["rot_geodesic_deg_mean"], out["initial"]["rot_geodesic_deg_mean"], atol=2e-3)
     assert out["sequence"]["rot_geodesic_deg_mean"] < 0.4 * out["median"]["rot_geodesic_deg_mean"]
+    assert out["spread"]["rigs"] == 6 and all(0 <= v <= 1 for v in out["spread"]["within_2"].values())
+
+
+def test_spread_check_compares_each_axis_error_with_its_spread():
+    truth = np.stack([np.eye(4)] * 4)
+    est = truth.copy()
+    est[:, :3, 3] = np.array([[0.01, 0, 0], [0.03, 0, 0], [0, 0.02, 0], [0, 0, -0.05]])  # 1, 3 cm along x; 2 y; 5 z
+    est[0, :3, :3] = Rotation.from_euler("y", 0.5, degrees=True).as_matrix()  # yaw 0.5 deg on the first
+    # the third rig's forward offset unconstrained; the last rig reported no spread
+    spread = [np.array([0.1, 0.1, 0.1, 2.0, 1.0, 1.0])] * 2 + [np.array([0.1, 0.1, 0.1, 2.0, 1.0, np.inf]), None]
+    out = spread_check(est, truth, spread)
+    near = lambda x: pytest.approx(x, abs=1e-3)  # noqa: E731 (the report rounds to 1e-3)
+    assert out["rigs"] == 3
+    assert out["error"]["trans_cm_x"] == near(4 / 3) and out["error"]["rot_deg_y"] == near(0.5 / 3)
+    assert out["median_ratio"]["trans_cm_x"] == near(0.5)  # ratios 0.5, 1.5, 0
+    assert out["within_1"]["trans_cm_x"] == near(2 / 3) and out["within_2"]["trans_cm_x"] == 1.0
+    assert out["within_2"]["rot_deg_y"] == near(2 / 3)  # 0.5 deg is 5 spreads
+    assert out["within_1"]["trans_cm_y"] == near(2 / 3)  # 2 cm is 2 spreads: not within 2 either
+    assert out["within_2"]["trans_cm_y"] == near(2 / 3)
+    assert out["spread"]["trans_cm_x"] == 2.0 and out["spread"]["trans_cm_z"] == 1.0  # the median: robust to an inf
+    assert out["unconstrained"]["trans_cm_z"] == 1 and out["unconstrained"]["trans_cm_x"] == 0
+    assert spread_check(est, truth, [None] * 4) is None

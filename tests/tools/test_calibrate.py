@@ -45,6 +45,9 @@ def test_calibrate_kitti360_from_a_known_perturbation(data_root, tmp_path):
     assert np.isfinite(rep["after"]["rot_geodesic_deg"]) and np.isfinite(rep["after"]["trans_norm_cm"])
     assert rep["joint_alignment"].startswith("none")  # the released network alone: the frames' median
     assert rep["deskewed"].startswith("0 of 2")  # KITTI-360's sweeps carry no per-point times: as measured
+    spread = rep["spread"]  # the standard error of the two frames' median, per camera axis
+    assert "median" in spread["what"] and set(spread["rot_deg"]) == set(spread["trans_cm"]) == {"x", "y", "z"}
+    assert all(v is not None and v >= 0 for d in (spread["rot_deg"], spread["trans_cm"]) for v in d.values())
     est = np.loadtxt(out / "extrinsic.txt")
     np.testing.assert_allclose(est, rep["estimate"], atol=1e-8)
     raw = np.asarray(Image.open(data_root / "kitti360/image_00/0000003000.png").convert("RGB"))
@@ -73,6 +76,8 @@ def test_calibrate_with_an_aligned_model_aligns_the_median_over_the_frames(data_
                            "--out", str(out)]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["joint_alignment"] in ("taken", "refused (the frames' median kept)")
+    assert ("sandwich" if rep["joint_alignment"] == "taken" else "median") in rep["spread"]["what"]
+    assert all(v is None or v >= 0 for d in (rep["spread"]["rot_deg"], rep["spread"]["trans_cm"]) for v in d.values())
     np.testing.assert_allclose(np.loadtxt(out / "extrinsic.txt"), rep["estimate"], atol=1e-8)
     assert np.isfinite(rep["after"]["rot_geodesic_deg"]) and np.isfinite(rep["after"]["trans_norm_cm"])
 

@@ -61,13 +61,27 @@ def median_correction(corrections: Sequence[Miscalibration]) -> Miscalibration:
     return Miscalibration(Rotation.from_rotvec(rv).as_matrix(), t)
 
 
+def median_spread(corrections: Sequence[Miscalibration]) -> np.ndarray:
+    """Standard error of :func:`median_correction` per axis from the corrections' own scatter (at least 2):
+    ``1.2533 * 1.4826 * MAD / sqrt(n)`` of their rotation vectors (deg) and translations (cm) → ``[6]``. Like
+    :func:`~.align.alignment_spread`, a bias the frames share is not in it."""
+    if len(corrections) < 2:
+        raise ValueError(f"median_spread: needs at least 2 corrections, got {len(corrections)}")
+    x = np.stack([np.r_[np.degrees(Rotation.from_matrix(c.rotation).as_rotvec()), 100 * c.translation]
+                  for c in corrections])
+    return 1.2533 * 1.4826 * np.median(np.abs(x - np.median(x, 0)), 0) / np.sqrt(len(x))
+
+
 @dataclass(frozen=True)
 class SequenceCalibration:
     """``estimate [4, 4]`` (camera-from-LiDAR) from ``init [4, 4]`` over ``tokens``; ``per_frame [F, 4, 4]`` the
     single-frame estimates; ``skipped`` frames that could not be used, with the reason; ``aligned``: whether the
     joint alignment over all frames was taken (None: the model has none, the estimate is the median; False: it
     was refused and the median kept); ``deskewed``: how many of the frames' sweeps were moved to the camera's
-    exposure (:func:`~.data.calib_input`; the others have no per-point times or no odometry and are as measured)."""
+    exposure (:func:`~.data.calib_input`; the others have no per-point times or no odometry and are as measured);
+    ``spread [6]``: how well the frames pin each axis down (deg about, cm along the camera's x, y, z; a lower bound
+    on the error: :func:`~.align.alignment_spread` for a taken joint alignment, else :func:`median_spread`; None
+    from one frame)."""
 
     init: np.ndarray
     estimate: np.ndarray
@@ -76,15 +90,17 @@ class SequenceCalibration:
     skipped: tuple[tuple[str, str], ...] = ()
     aligned: bool | None = None
     deskewed: int = 0
+    spread: np.ndarray | None = None
 
 
 def calibrate_samples(model, samples: Sequence[CalibSample], init: np.ndarray, iterations: int | None = None,
-                      batch_size: int = 16, progress: bool = False) -> tuple[np.ndarray, np.ndarray, bool | None]:
+                      batch_size: int = 16, progress: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray, bool | None, np.ndarray | None]:
     """One extrinsic for ``samples`` (frames of one camera-LiDAR pair at one size, inputs from ``init [4, 4]``):
     ``model``'s per-frame estimates, their :func:`median_correction` applied to ``init``, then, for a model with
     ``align_sequence`` (:class:`~.align.CalibAligned`), one alignment of that median over all the frames together.
-    Returns ``(estimate [4, 4], per_frame [F, 4, 4], aligned)`` (see :class:`SequenceCalibration`); ``progress``:
-    a bar over the frames."""
+    Returns ``(estimate [4, 4], per_frame [F, 4, 4], aligned, spread [6] or None)`` (see
+    :class:`SequenceCalibration`); ``progress``: a bar over the frames."""
     from tqdm import tqdm
 
     if not samples:
@@ -95,12 +111,18 @@ def calibrate_samples(model, samples: Sequence[CalibSample], init: np.ndarray, i
             data = model.data_preprocessor(list(samples[s:s + batch_size]))
             per += [p.cam_from_lidar for p in model.predict(data["inputs"], iterations)]
             bar.update(len(data["inputs"].tokens))
-    est = median_correction([Miscalibration.between(init, p) for p in per]).apply(init)
-    aligned = None
+    corrections = [Miscalibration.between(init, p) for p in per]
+    est = median_correction(corrections).apply(init)
+    aligned, spread = None, None
     if hasattr(model, "align_sequence"):
-        joint, aligned = model.align_sequence(model.data_preprocessor(list(samples))["inputs"], torch.from_numpy(est))
+        inputs = model.data_preprocessor(list(samples))["inputs"]
+        joint, aligned = model.align_sequence(inputs, torch.from_numpy(est))
         est = joint.cpu().numpy()
-    return est, np.stack(per), aligned
+        if aligned and len(samples) > 1:
+            spread = model.spread(inputs, joint)
+    if spread is None and len(samples) > 1:
+        spread = median_spread(corrections)
+    return est, np.stack(per), aligned, spread
 
 
 class Calibrator:
@@ -143,9 +165,9 @@ class Calibrator:
                 skipped.append((f.token, str(e)))
         if not samples:
             raise ValueError(f"Calibrator: no usable frame for camera {camera!r}: {skipped[:3]}")
-        est, per, aligned = calibrate_samples(self.model, samples, init, self.iterations, progress=progress)
+        est, per, aligned, spread = calibrate_samples(self.model, samples, init, self.iterations, progress=progress)
         return SequenceCalibration(init, est, per, tuple(tokens), tuple(skipped), aligned,
-                                   sum(s.inputs.deskewed for s in samples))
+                                   sum(s.inputs.deskewed for s in samples), spread)
 
 
 @dataclass
