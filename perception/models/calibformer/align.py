@@ -247,11 +247,13 @@ def alignment_spread(frames: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Te
                         for e, h in zip(torch.diag(steps), steps)])
     lam, vec = torch.linalg.eigh(-(hess + hess.T) / 2)
     lam = lam.abs()
-    flat = lam <= 1e-6 * float(lam.max())  # the correlation does not change that way: nothing pins it
+    # the correlation does not change that way at all (not merely slowly: rad² and m² curvatures differ by the
+    # scene's depth squared, so a shallow offset can be 1e-6 of the stiffest rotation): nothing pins it
+    flat = lam <= 1e-9 * float(lam.max())
     inv = vec @ torch.diag(1 / torch.where(flat, torch.ones_like(lam), lam)) @ vec.T
     cov = inv @ torch.cov(grads(zero).T) @ inv / len(data)
     sd = cov.diagonal().clamp_min(0).sqrt()
-    sd[(vec[:, flat].abs() > 1e-3).any(1)] = float("inf")
+    sd[(vec[:, flat].abs() > 0.1).any(1)] = float("inf")  # the axes that make up 1 % of such a direction
     return np.concatenate([np.degrees(sd[:3].numpy()), sd[3:].numpy() * 100])
 
 
