@@ -49,14 +49,13 @@ def spread_check(estimates: np.ndarray, truth: np.ndarray, spread: list) -> dict
     translation difference): per axis the median spread (an axis nothing constrains has an infinite one), the mean
     |error|, the median of |error| / spread, and the fraction within 1 and 2 spreads (0.68 and 0.95 if it were the
     error's standard deviation); ``unconstrained``: per axis, the rigs whose spread is infinite."""
-    from scipy.spatial.transform import Rotation
+    from perception.models.calibformer.geometry import Miscalibration
 
     keep = [i for i, s in enumerate(spread) if s is not None]
     if not keep:
         return None
     sd = np.stack([spread[i] for i in keep])
-    rot = [np.degrees(Rotation.from_matrix(estimates[i, :3, :3] @ truth[i, :3, :3].T).as_rotvec()) for i in keep]
-    err = np.abs(np.stack([np.r_[r, 100 * (estimates[i, :3, 3] - truth[i, :3, 3])] for r, i in zip(rot, keep)]))
+    err = np.abs(np.stack([Miscalibration.between(truth[i], estimates[i]).axes() for i in keep]))
     ratio = err / np.maximum(sd, 1e-12)
     axes = [f"{k}_{a}" for k in ("rot_deg", "trans_cm") for a in "xyz"]
     row = lambda v: dict(zip(axes, np.round(v, 3).tolist()))  # noqa: E731

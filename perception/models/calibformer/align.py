@@ -333,11 +333,9 @@ class CalibAligned(BaseModel):
         """One extrinsic for all of ``batch``'s pairs (frames of one camera and LiDAR): :func:`align_frames` from
         ``start [4, 4]`` (the pairs' own ``init`` is not used). Returns the estimate and whether it was taken (a
         refusal is counted in :attr:`refused`)."""
-        maps = self.maps(batch.image)
-        keep = slice(None) if batch.intensity is not None else slice(0, 1)
-        frames = [(m[keep], p, a[:, keep], cam)
-                  for m, p, a, cam in zip(maps, batch.points, self._appearance(batch), batch.cameras)]
-        est, taken = align_frames(frames, start.to(maps.device), self.sigmas, self.iters, self.max_deg, self.max_m)
+        frames = self._frames(batch)
+        est, taken = align_frames(frames, start.to(frames[0][0].device), self.sigmas, self.iters, self.max_deg,
+                                  self.max_m)
         self.refused += not taken
         return est, taken
 
@@ -345,11 +343,16 @@ class CalibAligned(BaseModel):
     def spread(self, batch: CalibBatch, estimate: torch.Tensor) -> np.ndarray:
         """:func:`alignment_spread` of ``estimate [4, 4]`` over ``batch``'s pairs (frames of one camera and LiDAR, at
         least 2), with the maps and channels :meth:`align_sequence` uses, at its finest blur → ``[6]`` (deg, cm)."""
+        frames = self._frames(batch)
+        return alignment_spread(frames, estimate.to(frames[0][0].device), self.sigmas[-1])
+
+    def _frames(self, batch: CalibBatch) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, CameraModel]]:
+        """``batch``'s pairs as :func:`align_frames` takes them: maps, points, appearance (the depth edges alone
+        without intensities), camera."""
         maps = self.maps(batch.image)
         keep = slice(None) if batch.intensity is not None else slice(0, 1)
-        frames = [(m[keep], p, a[:, keep], cam)
-                  for m, p, a, cam in zip(maps, batch.points, self._appearance(batch), batch.cameras)]
-        return alignment_spread(frames, estimate.to(maps.device), self.sigmas[-1])
+        return [(m[keep], p, a[:, keep], cam)
+                for m, p, a, cam in zip(maps, batch.points, self._appearance(batch), batch.cameras)]
 
     @torch.no_grad()
     def predict(self, batch: CalibBatch, iterations: int | None = None) -> list[CalibPrediction]:

@@ -67,8 +67,7 @@ def median_spread(corrections: Sequence[Miscalibration]) -> np.ndarray:
     :func:`~.align.alignment_spread`, a bias the frames share is not in it."""
     if len(corrections) < 2:
         raise ValueError(f"median_spread: needs at least 2 corrections, got {len(corrections)}")
-    x = np.stack([np.r_[np.degrees(Rotation.from_matrix(c.rotation).as_rotvec()), 100 * c.translation]
-                  for c in corrections])
+    x = np.stack([c.axes() for c in corrections])
     return 1.2533 * 1.4826 * np.median(np.abs(x - np.median(x, 0)), 0) / np.sqrt(len(x))
 
 

@@ -69,6 +69,10 @@ class Miscalibration:
     def angle_deg(self) -> float:
         return float(np.degrees(Rotation.from_matrix(self.rotation).magnitude()))
 
+    def axes(self) -> np.ndarray:
+        """``[6]``: the rotation vector (deg, about the camera's x, y, z) and the translation (cm, along them)."""
+        return np.r_[np.degrees(Rotation.from_matrix(self.rotation).as_rotvec()), 100 * self.translation]
+
 
 def sample_miscalibration(rng: np.random.Generator, max_deg: float = DEFAULT_RANGE[0],
                           max_m: float = DEFAULT_RANGE[1]) -> Miscalibration:
