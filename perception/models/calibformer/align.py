@@ -222,9 +222,9 @@ def alignment_spread(frames: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Te
 
     It measures how much the frames disagree, scaled by how sharply the correlation peaks; a bias all the frames
     share (the appearance maps' peak off the truth) is not in it, so it is a lower bound on the error: on the
-    synthetic jittered rigs the median error is about twice it (README, "How sure the estimate is"). A direction
-    in which the correlation is not at a maximum counts by its curvature's magnitude; the axes of a direction in
-    which it does not change at all (a flat curvature) get ``inf``."""
+    synthetic jittered rigs the median error is 2 to 3 times it per axis (README, "How sure the estimate is").
+    A direction in which the correlation is not at a maximum counts by its curvature's magnitude; the axes of a
+    direction in which it does not change at all (a flat curvature) get ``inf``."""
     if len(frames) < 2:
         raise ValueError(f"alignment_spread: needs at least 2 frames for their spread, got {len(frames)}")
     if tuple(estimate.shape) != (4, 4):
