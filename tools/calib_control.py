@@ -84,12 +84,19 @@ def write_json(path: Path | None, data: dict) -> None:
         path.write_text(json.dumps(data, indent=2))
 
 
-def held_out(config: str) -> list:
-    """The held-out pairs of ``config``'s test dataloader, as a list of samples."""
+def held_out_dataset(config: str, seeds: list[int] | None = None):
+    """``config``'s test dataset; ``seeds``: other sequences than its own (a ``CalibSimDataset``'s)."""
     from mmengine.config import Config
 
     ds = dict(Config.fromfile(config).test_dataloader.dataset)
-    dataset = ds.pop("type")(**ds)
+    if seeds is not None:
+        ds["seeds"] = list(seeds)
+    return ds.pop("type")(**ds)
+
+
+def held_out(config: str, seeds: list[int] | None = None) -> list:
+    """The held-out pairs of ``config``'s test dataloader (``seeds``: :func:`held_out_dataset`), as a list."""
+    dataset = held_out_dataset(config, seeds)
     return [dataset[i] for i in range(len(dataset))]
 
 

@@ -10,7 +10,9 @@ Starts from ``--init`` (a camera-from-LiDAR 4x4 or 3x4 matrix: 12 or 16 numbers 
 calibration itself. Every frame gives an estimate; the result is their robust aggregate (component-wise
 median correction, :mod:`perception.models.calibformer.calibrate`); a model with a learned appearance alignment
 (``--config configs/calibformer/calibformer_align_jitter_sim_cpu.py``) then aligns that median to all the frames
-at once. Writes into ``--out``:
+at once; ``--parallax`` then refines that by the car's motion between the frames
+(:mod:`perception.models.calibformer.parallax`; it needs the car's pose at every frame, which KITTI's and
+KITTI-360's readers here do not give). Writes into ``--out``:
 
 - ``extrinsic.txt``: the estimated camera-from-LiDAR 4x4;
 - ``report.json``: the start, the estimate, the dataset's calibration, and the errors of the start and of the
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlays", type=int, default=1, help="frames to draw overlays for")
     ap.add_argument("--config", type=Path, help="model config (default: the released CalibFormer)")
     ap.add_argument("--checkpoint", type=Path, help="model weights (default: the released CalibFormer)")
+    ap.add_argument("--parallax", action="store_true",
+                    help="refine by motion parallax between the frames (needs the car's pose at every frame)")
     ap.add_argument("--out", type=Path, default=Path("out/calibrate"))
     args = ap.parse_args(argv)
     if args.init is not None and args.perturb is not None:
@@ -120,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         if camera is None or camera not in f0.calib.cameras:
             raise DataError(args.root, f"no pinhole camera {args.camera or ''} with images; cameras: {tuple(f0.cameras)}")
         reference = f0.calib.transform(camera, lidar).matrix
+        posed = sum(f.ego_pose is not None for f in frames)
+        if args.parallax and posed < len(frames):
+            raise DataError(args.root, f"--parallax needs the car's pose at every frame; {posed} of {len(frames)} "
+                                       f"frames from --source {args.source} have one")
         if args.init is not None:
             init, start = read_extrinsic(args.init), f"--init {args.init}"
         elif args.perturb is not None:
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             init, start = reference, "dataset calibration"
 
         cal = Calibrator(args.config or RELEASED[0], args.checkpoint or RELEASED[1], iterations=args.iterations)
-        result = cal.calibrate(frames, camera, init, lidar, progress=True)
+        result = cal.calibrate(frames, camera, init, lidar, progress=True, parallax=args.parallax)
 
         args.out.mkdir(parents=True, exist_ok=True)
         np.savetxt(args.out / "extrinsic.txt", result.estimate, fmt="%.9f", header=f"{camera}_from_{lidar} (4x4)")
@@ -150,11 +158,15 @@ def main(argv: list[str] | None = None) -> int:
                         "odometry (the others have no per-point times or no odometry: as measured)",
             "joint_alignment": {None: "none (the model has none: the estimate is the frames' median)",
                                 True: "taken", False: "refused (the frames' median kept)"}[result.aligned],
+            "parallax": None if result.parallax is None else {
+                "taken": result.parallax.taken, "start_score": round(result.parallax.start_score, 5),
+                "score": round(result.parallax.score, 5), "evaluations": result.parallax.evaluations},
             "spread": None if result.spread is None else {
                 "rot_deg": _axes(result.spread[:3], 4), "trans_cm": _axes(result.spread[3:], 3),
                 "what": "how well the frames pin each camera axis down (x right, y down, z forward): "
                         + ("the joint alignment's sandwich standard deviation" if result.aligned else
                            "the standard error of the frames' median")
+                        + (" (before the parallax step)" if result.parallax is not None else "")
                         + "; a lower bound on the error (a bias the frames share is not in it); null: the frames "
                           "do not constrain that axis at all"},
         }

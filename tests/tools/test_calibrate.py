@@ -58,6 +58,16 @@ def test_calibrate_kitti360_from_a_known_perturbation(data_root, tmp_path):
 
 @needs_data
 @pytest.mark.data
+def test_parallax_needs_poses_that_kitti360_does_not_give(data_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        calibrate.main(["--source", "kitti360", "--root", str(data_root / "kitti360"), "--frames", "3", "--parallax",
+                        "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "needs the car's pose at every frame; 0 of 3" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@needs_data
+@pytest.mark.data
 def test_calibrate_with_an_aligned_model_aligns_the_median_over_the_frames(data_root, tmp_path):
     """The aligned config (the released network + an appearance net, here untrained) through the same tool."""
     import torch

@@ -32,6 +32,7 @@ from scipy.spatial.transform import Rotation
 from perception.geometry.camera_base import CameraModel
 from perception.models.calibformer.data import CalibSample, calib_input
 from perception.models.calibformer.geometry import Miscalibration
+from perception.models.calibformer.parallax import ParallaxRefinement, ParallaxView, parallax_view, refine_parallax
 from perception.structures import Frame
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -80,7 +81,8 @@ class SequenceCalibration:
     exposure (:func:`~.data.calib_input`; the others have no per-point times or no odometry and are as measured);
     ``spread [6]``: how well the frames pin each axis down (deg about, cm along the camera's x, y, z; a lower bound
     on the error: :func:`~.align.alignment_spread` for a taken joint alignment, else :func:`median_spread`; None
-    from one frame)."""
+    from one frame); ``parallax``: the motion-parallax refinement's result (:func:`~.parallax.refine_parallax`;
+    None: not asked for)."""
 
     init: np.ndarray
     estimate: np.ndarray
@@ -90,16 +92,19 @@ class SequenceCalibration:
     aligned: bool | None = None
     deskewed: int = 0
     spread: np.ndarray | None = None
+    parallax: ParallaxRefinement | None = None
 
 
 def calibrate_samples(model, samples: Sequence[CalibSample], init: np.ndarray, iterations: int | None = None,
-                      batch_size: int = 16, progress: bool = False
-                      ) -> tuple[np.ndarray, np.ndarray, bool | None, np.ndarray | None]:
+                      batch_size: int = 16, progress: bool = False, parallax: Sequence[ParallaxView] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, bool | None, np.ndarray | None, ParallaxRefinement | None]:
     """One extrinsic for ``samples`` (frames of one camera-LiDAR pair at one size, inputs from ``init [4, 4]``):
     ``model``'s per-frame estimates, their :func:`median_correction` applied to ``init``, then, for a model with
-    ``align_sequence`` (:class:`~.align.CalibAligned`), one alignment of that median over all the frames together.
-    Returns ``(estimate [4, 4], per_frame [F, 4, 4], aligned, spread [6] or None)`` (see
-    :class:`SequenceCalibration`); ``progress``: a bar over the frames."""
+    ``align_sequence`` (:class:`~.align.CalibAligned`), one alignment of that median over all the frames together,
+    then, given ``parallax`` (the same frames' :class:`~.parallax.ParallaxView`, in time order), the motion-parallax
+    refinement (:func:`~.parallax.refine_parallax`). Returns ``(estimate [4, 4], per_frame [F, 4, 4], aligned,
+    spread [6] or None, parallax refinement or None)`` (see :class:`SequenceCalibration`; the spread is that of the
+    alignment or the median, before the parallax step); ``progress``: a bar over the frames."""
     from tqdm import tqdm
 
     if not samples:
@@ -112,7 +117,7 @@ def calibrate_samples(model, samples: Sequence[CalibSample], init: np.ndarray, i
             bar.update(len(data["inputs"].tokens))
     corrections = [Miscalibration.between(init, p) for p in per]
     est = median_correction(corrections).apply(init)
-    aligned, spread = None, None
+    aligned, spread, refined = None, None, None
     if hasattr(model, "align_sequence"):
         inputs = model.data_preprocessor(list(samples))["inputs"]
         joint, aligned = model.align_sequence(inputs, torch.from_numpy(est))
@@ -121,7 +126,10 @@ def calibrate_samples(model, samples: Sequence[CalibSample], init: np.ndarray, i
             spread = model.spread(inputs, joint)
     if spread is None and len(samples) > 1:
         spread = median_spread(corrections)
-    return est, np.stack(per), aligned, spread
+    if parallax is not None:
+        refined = refine_parallax(parallax, est)
+        est = refined.estimate
+    return est, np.stack(per), aligned, spread, refined
 
 
 class Calibrator:
@@ -151,22 +159,27 @@ class Calibrator:
 
     @torch.no_grad()
     def calibrate(self, frames: Sequence[Frame], camera: str, init: np.ndarray, lidar: str | None = None,
-                  progress: bool = False) -> SequenceCalibration:
-        """:func:`calibrate_samples` over ``frames`` from ``init`` (frames without the camera or points are skipped;
-        ``progress``: a bar over the frames)."""
+                  progress: bool = False, parallax: bool = False) -> SequenceCalibration:
+        """:func:`calibrate_samples` over ``frames`` (in time order) from ``init`` (frames without the camera or points
+        are skipped; ``progress``: a bar over the frames). ``parallax``: refine by the car's motion between the frames
+        (:mod:`~.parallax`; every frame needs its ``ego_pose``)."""
         init = np.asarray(init, np.float64)
-        samples, tokens, skipped = [], [], []
+        samples, tokens, skipped, views = [], [], [], []
         for f in frames:
             try:
                 samples.append(self.sample(f, camera, init, lidar))
                 tokens.append(f.token)
             except (KeyError, ValueError) as e:  # a frame without this camera, or without finite points
                 skipped.append((f.token, str(e)))
+                continue
+            if parallax:  # (raises for a frame without a pose: the option cannot be honoured)
+                views.append(parallax_view(f, camera, lidar))
         if not samples:
             raise ValueError(f"Calibrator: no usable frame for camera {camera!r}: {skipped[:3]}")
-        est, per, aligned, spread = calibrate_samples(self.model, samples, init, self.iterations, progress=progress)
+        est, per, aligned, spread, refined = calibrate_samples(self.model, samples, init, self.iterations,
+                                                               progress=progress, parallax=views if parallax else None)
         return SequenceCalibration(init, est, per, tuple(tokens), tuple(skipped), aligned,
-                                   sum(s.inputs.deskewed for s in samples), spread)
+                                   sum(s.inputs.deskewed for s in samples), spread, refined)
 
 
 @dataclass

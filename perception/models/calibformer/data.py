@@ -271,23 +271,17 @@ class CalibSimDataset(Dataset):
 
             self._pairs = pickle.loads(path.read_bytes())  # a cache this class wrote itself
             return self._pairs
-        from perception.data.dataset import SimDataset
-
-        sim = SimDataset(self.seeds, frames=self.sim_frames, lidar="hdl64", render_cameras=True, rigs=("navsim",),
-                         cache=False, cache_dir=self.sim_cache_dir, mount_jitter=self.mount_jitter)
         pairs, moving = [], 0
-        for s in range(len(self.seeds)):
-            for k in range(self.frames):
-                sample = sim[s * self.sim_frames + k]
-                movers = sample.targets.boxes.tensor if self.drop_moving else None
-                for cam in self.cameras:
-                    x, _ = calib_input(sample.frame, cam, self.size, max_points=self.max_points,
-                                       intensity=self.intensity, deskew=self.deskew, movers=movers)
-                    if x.deskewed != self.deskew:
-                        raise ValueError(f"CalibSimDataset: {x.token} could not be deskewed (no point times or odometry)")
-                    moving += x.moving
-                    pairs.append((x.token, x.image.half(), x.camera, x.points, x.init)
-                                 + ((x.intensity,) if self.intensity else ()))
+        for sample in self.sim_samples():
+            movers = sample.targets.boxes.tensor if self.drop_moving else None
+            for cam in self.cameras:
+                x, _ = calib_input(sample.frame, cam, self.size, max_points=self.max_points,
+                                   intensity=self.intensity, deskew=self.deskew, movers=movers)
+                if x.deskewed != self.deskew:
+                    raise ValueError(f"CalibSimDataset: {x.token} could not be deskewed (no point times or odometry)")
+                moving += x.moving
+                pairs.append((x.token, x.image.half(), x.camera, x.points, x.init)
+                             + ((x.intensity,) if self.intensity else ()))
         if path is not None:
             import os
             import pickle
@@ -303,6 +297,17 @@ class CalibSimDataset(Dataset):
                       f"{moving / max(len(pairs), 1):.0f} per pair", logger="current")
         self._pairs = pairs
         return pairs
+
+    def sim_samples(self):
+        """The rendered frames the pairs come from (``SimDataset`` samples, sequence by sequence, in time order), from
+        the render cache where present."""
+        from perception.data.dataset import SimDataset
+
+        sim = SimDataset(self.seeds, frames=self.sim_frames, lidar="hdl64", render_cameras=True, rigs=("navsim",),
+                         cache=False, cache_dir=self.sim_cache_dir, mount_jitter=self.mount_jitter)
+        for s in range(len(self.seeds)):
+            for k in range(self.frames):
+                yield sim[s * self.sim_frames + k]
 
     def __len__(self) -> int:
         return len(self.seeds) * self.frames * len(self.cameras)
