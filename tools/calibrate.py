@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.parallax and posed < len(frames):
             raise DataError(args.root, f"--parallax needs the car's pose at every frame; {posed} of {len(frames)} "
                                        f"frames from --source {args.source} have one")
+        if args.parallax and len(frames) < 3:
+            raise DataError(args.root, f"--parallax compares frames 2 to 4 apart: it needs at least 3 frames, got "
+                                       f"{len(frames)}")
         if args.init is not None:
             init, start = read_extrinsic(args.init), f"--init {args.init}"
         elif args.perturb is not None:
