@@ -112,9 +112,9 @@ def _nearest_in_cell(uv: np.ndarray, z: np.ndarray, shape: tuple[int, int], cell
 
 
 def _project(view: ParallaxView, points_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels ``[N, 2]`` and which are in the image and over 0.5 m in front (``project``'s validity)."""
     uv, ok = view.camera.project(points_cam)
-    ok = ok & (points_cam[:, 2] > 0.5) & view.camera.in_image(uv)
-    return uv, ok
+    return uv, ok & (points_cam[:, 2] > 0.5)
 
 
 def parallax_score(views: Sequence[ParallaxView], cam_from_lidar: np.ndarray, gaps: Sequence[int] = (2, 3, 4),
@@ -125,18 +125,21 @@ def parallax_score(views: Sequence[ParallaxView], cam_from_lidar: np.ndarray, ga
     both images and the nearest in their ``cell`` there (:func:`_nearest_in_cell`). A pair with fewer than
     ``min_points`` such points is left out; none left: ``nan``."""
     e = np.asarray(cam_from_lidar, np.float64)
+    own = []  # each frame's points in its own image: (depth, pixels, valid), shared by every pair it starts
+    for v in views:
+        x = v.points @ e[:3, :3].T + e[:3, 3]
+        own.append((x[:, 2], *_project(v, x)))
     scores = []
     for i, j in frame_pairs(len(views), gaps):
         a, b = views[i], views[j]
         motion = se3.inverse(b.world_from_lidar) @ a.world_from_lidar
-        xa = a.points @ e[:3, :3].T + e[:3, 3]
         xb = a.points @ (e[:3, :3] @ motion[:3, :3]).T + (e[:3, :3] @ motion[:3, 3] + e[:3, 3])
-        uva, oka = _project(a, xa)
+        za, uva, oka = own[i]
         uvb, okb = _project(b, xb)
         ok = oka & okb
         if ok.sum() < min_points:
             continue
-        uva, uvb, za, zb = uva[ok], uvb[ok], xa[ok, 2], xb[ok, 2]
+        uva, uvb, za, zb = uva[ok], uvb[ok], za[ok], xb[ok, 2]
         vis = (_nearest_in_cell(uva, za, a.image.shape, cell, slack)
                & _nearest_in_cell(uvb, zb, b.image.shape, cell, slack))
         if vis.sum() < min_points:
@@ -152,16 +155,19 @@ def parallax_score(views: Sequence[ParallaxView], cam_from_lidar: np.ndarray, ga
 
 @dataclass(frozen=True)
 class ParallaxRefinement:
-    """:func:`refine_parallax`'s result: ``start`` and ``estimate [4, 4]``, the score at each, the number of scores
-    evaluated, and whether the estimate moved (False: no step raised the score, or the start scores ``nan``: the
-    estimate is the start)."""
+    """:func:`refine_parallax`'s result: ``start`` and ``estimate [4, 4]``, the score at each and the number of scores
+    evaluated."""
 
     start: np.ndarray
     estimate: np.ndarray
     start_score: float
     score: float
     evaluations: int
-    taken: bool
+
+    @property
+    def taken(self) -> bool:
+        """Whether the estimate moved (False: no step raised the score, or the start scored ``nan``: the start)."""
+        return bool(self.score > self.start_score)
 
 
 def refine_parallax(views: Sequence[ParallaxView], start: np.ndarray, gaps: Sequence[int] = (2, 3, 4),
@@ -187,7 +193,7 @@ def refine_parallax(views: Sequence[ParallaxView], start: np.ndarray, gaps: Sequ
     first = best = parallax_score(views, start, gaps)
     n = 1
     if not np.isfinite(first):
-        return ParallaxRefinement(start, start, first, first, n, False)
+        return ParallaxRefinement(start, start, first, first, n)
     while step[3] >= min_step_m * 100 - 1e-9 and n < max_evaluations:
         trial = None
         for k in range(6):
@@ -204,4 +210,4 @@ def refine_parallax(views: Sequence[ParallaxView], start: np.ndarray, gaps: Sequ
             step = step / 2
         else:
             x = trial
-    return ParallaxRefinement(start, pose(x), first, best, n, bool(best > first))
+    return ParallaxRefinement(start, pose(x), first, best, n)
