@@ -105,7 +105,8 @@ def _nearest_in_cell(uv: np.ndarray, z: np.ndarray, shape: tuple[int, int], cell
     ``slack = (relative, metres)``): a z-buffer of the points themselves, so a surface the LiDAR sees but the camera
     has behind another one does not count."""
     w = shape[1] // cell + 1
-    idx = (uv[:, 1] // cell).astype(np.int64) * w + (uv[:, 0] // cell).astype(np.int64)
+    cells = ((uv + 0.5) // cell).astype(np.int64)  # pixel edges at -0.5: an image's first cell starts there
+    idx = cells[:, 1] * w + cells[:, 0]
     near = np.full((shape[0] // cell + 1) * w, np.inf)
     np.minimum.at(near, idx, z)
     return z <= near[idx] * (1 + slack[0]) + slack[1]
