@@ -36,6 +36,16 @@ def test_frame_pairs_are_the_gaps_both_ways():
     assert frame_pairs(2, (2,)) == []
 
 
+def test_visibility_keeps_the_nearest_point_per_cell_up_to_the_image_edges():
+    from perception.models.calibformer.parallax import _nearest_in_cell
+
+    uv = np.array([[1.0, 1.0], [2.0, 2.0], [-0.3, 1.0], [5.0, 5.0]])  # the third within half a pixel of the edge
+    z = np.array([5.0, 10.0, 4.0, 1.0])
+    # 6x6 image, 4-px cells: the edge point is in the top-left cell with the first two and the nearest there (both
+    # hidden), not in the bottom-right one, where the nearer point would hide it
+    np.testing.assert_array_equal(_nearest_in_cell(uv, z, (6, 6), 4, (0.05, 0.2)), [False, False, True, True])
+
+
 def test_band_pass_removes_shading_and_keeps_texture():
     ramp = np.mgrid[:64, :64][1].astype(np.float32) / 64  # shading: a smooth ramp
     texture = (np.indices((64, 64)).sum(0) % 8 < 4).astype(np.float32)  # stripes 4 px wide
